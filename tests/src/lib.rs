@@ -1,1 +1,11 @@
-//! Harness shared by the integration suites.
+//! Harness shared by the integration suites and the demo: a local VPC, ipamd on a simulated
+//! node, the plugin run as a runtime runs it, and containerd over CRI.
+
+pub mod bins;
+pub mod containerd;
+pub mod ipamd;
+pub mod netns;
+pub mod plugin;
+pub mod process;
+pub mod rpc;
+pub mod vpc;

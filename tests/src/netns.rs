@@ -1,0 +1,176 @@
+//! Network namespaces the tests create and remove, and `ip -j` views into them.
+//!
+//! Every kernel change a test makes happens in a namespace from here; the root namespace is
+//! only ever read.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Fails unless the process can create namespaces; tests that need it call this first so a
+/// run without root fails loudly instead of passing.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces and netlink); run it as root"
+    );
+}
+
+/// A named namespace (`ip netns add`) deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t{}-{}-{}", std::process::id(), tag, n);
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> anyhow::Result<Output> {
+        exec_in(&self.name, argv)
+    }
+
+    pub fn exec_ok(&self, argv: &[&str]) -> anyhow::Result<String> {
+        exec_in_ok(&self.name, argv)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+pub fn exec_in(netns: &str, argv: &[&str]) -> anyhow::Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(argv)
+        .output()
+        .with_context(|| format!("run {argv:?} in {netns}"))
+}
+
+pub fn exec_in_ok(netns: &str, argv: &[&str]) -> anyhow::Result<String> {
+    let out = exec_in(netns, argv)?;
+    if !out.status.success() {
+        bail!(
+            "{argv:?} in {netns} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// `ip -j <args>` inside `netns`, parsed; an empty answer is an empty array.
+pub fn ip_json(netns: &str, args: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let mut argv = vec!["ip", "-j"];
+    argv.extend_from_slice(args);
+    let text = exec_in_ok(netns, &argv)?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("parse ip {args:?}"))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Names of the namespaces registered under /var/run/netns.
+pub fn list() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a ping from `netns` to `dst` gets an answer (two tries, short timeout).
+pub fn ping(netns: &str, dst: &str) -> bool {
+    exec_in(
+        netns,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", dst],
+    )
+    .map(|o| o.status.success())
+    .unwrap_or(false)
+}
+
+/// What the root namespace holds; taken before and after a scenario to prove it left nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RootSnapshot {
+    pub links: Vec<String>,
+    pub rules: Vec<String>,
+    pub routes: Vec<String>,
+    pub netns: Vec<String>,
+}
+
+impl RootSnapshot {
+    pub fn take() -> anyhow::Result<Self> {
+        let lines = |args: &[&str]| -> anyhow::Result<Vec<String>> {
+            let out = Command::new("ip").args(args).output()?;
+            let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            v.sort();
+            Ok(v)
+        };
+        let mut netns = list();
+        netns.sort();
+        Ok(Self {
+            links: lines(&["-o", "link", "show"])?
+                .into_iter()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string())
+                .collect(),
+            rules: lines(&["rule", "show"])?,
+            routes: lines(&["route", "show", "table", "all"])?,
+            netns,
+        })
+    }
+
+    /// Lines of `after` that were not in `self`, by kind.
+    pub fn added_in(&self, after: &RootSnapshot) -> Vec<String> {
+        let mut added = Vec::new();
+        let diff = |kind: &str, a: &[String], b: &[String], out: &mut Vec<String>| {
+            for x in b.iter().filter(|x| !a.contains(x)) {
+                out.push(format!("{kind}: {x}"));
+            }
+        };
+        diff("link", &self.links, &after.links, &mut added);
+        diff("rule", &self.rules, &after.rules, &mut added);
+        diff("route", &self.routes, &after.routes, &mut added);
+        diff("netns", &self.netns, &after.netns, &mut added);
+        added
+    }
+}
+
+/// Moves the calling thread into `netns`. Only for a thread made for this purpose: it never
+/// switches back.
+pub fn enter(netns: &str) -> anyhow::Result<()> {
+    let f = std::fs::File::open(format!("/var/run/netns/{netns}"))
+        .with_context(|| format!("open netns {netns}"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("enter netns {netns}"))?;
+    Ok(())
+}
