@@ -114,8 +114,11 @@ impl Containerd {
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let mut proc = Guard::spawn(
             "containerd",
-            Command::new("ip")
-                .args(["netns", "exec", netns, "containerd", "--config"])
+            // nsenter rather than `ip netns exec`: the latter remounts /sys in a new mount
+            // namespace, which hides the cgroup mounts runc needs.
+            Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{netns}"))
+                .args(["containerd", "--config"])
                 .arg(&config)
                 .stdout(Stdio::null())
                 .stderr(log),
