@@ -3,6 +3,7 @@
 
 pub mod bins;
 pub mod containerd;
+pub mod demo;
 pub mod ipamd;
 pub mod netns;
 pub mod plugin;

@@ -1,0 +1,276 @@
+//! The node scenario `make demo` shows and the end-to-end suite asserts: ten pods on one node
+//! of the local VPC, created and deleted the way containerd does it for the kubelet.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::ipamd::Ipamd;
+use crate::netns::{ip_json, ping, Netns};
+use crate::plugin::{self, Pod};
+use crate::vpc::Vpc;
+
+/// One pod as the node sees it after ADD.
+#[derive(Debug, Clone)]
+pub struct PodRow {
+    pub name: String,
+    pub ip: String,
+    pub eni: String,
+    pub host_veth: String,
+    pub table: String,
+}
+
+/// Everything the scenario observed; `failures` is empty when the node did its job.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub pods: Vec<PodRow>,
+    pub checks: Vec<(String, bool)>,
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    fn check(&mut self, what: impl Into<String>, ok: bool) {
+        let what = what.into();
+        if !ok {
+            self.failures.push(what.clone());
+        }
+        self.checks.push((what, ok));
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<8} {:<14} {:<23} {:<16} {}",
+            "POD", "ADDRESS", "ENI", "HOST VETH", "TABLE"
+        );
+        for p in &self.pods {
+            let _ = writeln!(
+                s,
+                "{:<8} {:<14} {:<23} {:<16} {}",
+                p.name, p.ip, p.eni, p.host_veth, p.table
+            );
+        }
+        s
+    }
+}
+
+pub fn demo_scenario() -> anyhow::Result<Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../conf/examples/vpc-demo.json"
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The plugin's netconf from conf/, pointed at this node's ipamd and log file.
+pub fn node_netconf(ipamd: &Ipamd, dir: &Path) -> Value {
+    plugin::netconf_from_conflist(
+        &plugin::repo_conflist(),
+        &json!({
+            "ipamdSocket": ipamd.socket.display().to_string(),
+            "pluginLogFile": dir.join("plugin.log").display().to_string(),
+        }),
+    )
+}
+
+/// Maps each assigned address to the ENI that holds it, from ipamd's introspection.
+fn eni_of_ips(enis: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let list = enis["enis"].as_array().cloned().unwrap_or_default();
+    for eni in list {
+        let id = eni["id"].as_str().unwrap_or_default().to_string();
+        for addr in eni["addresses"].as_array().cloned().unwrap_or_default() {
+            if let Some(ip) = addr["address"].as_str() {
+                out.push((ip.to_string(), id.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the whole node scenario: start ipamd, ADD `count` pods, prove reachability, DEL them
+/// and prove nothing is left on the node.
+pub fn run_node(vpc: &Vpc, count: usize) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let node = vpc.node().clone();
+    let dir = vpc.dir();
+    let mut ipamd = Ipamd::start(&node, Ipamd::env_for(&node, &dir, &[]))?;
+    let conf = node_netconf(&ipamd, &dir);
+
+    let mut pods = Vec::new();
+    for i in 0..count {
+        let ns = Netns::new(&format!("pod{i}"))?;
+        let pod = Pod::new(
+            "default",
+            &format!("pod-{i}"),
+            &format!("ctr{i:04}"),
+            &ns.path(),
+        );
+        let out = plugin::run(&node.netns, "ADD", &pod, &conf)?;
+        if !out.ok() {
+            bail!(
+                "ADD {} failed ({}): {}\nipamd log:\n{}",
+                pod.name,
+                out.code,
+                out.stdout,
+                ipamd.log_tail(40)
+            );
+        }
+        pods.push((ns, pod, out.json()));
+    }
+
+    let owners = eni_of_ips(&ipamd.enis().unwrap_or(Value::Null));
+    for (_, pod, result) in &pods {
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let eni = owners
+            .iter()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, e)| e.clone())
+            .unwrap_or_else(|| "?".into());
+        let table = table_of(result);
+        report.pods.push(PodRow {
+            name: pod.name.clone(),
+            ip,
+            eni,
+            host_veth: result["interfaces"][0]["name"]
+                .as_str()
+                .unwrap_or("")
+                .into(),
+            table,
+        });
+    }
+    check_addresses(&mut report, vpc);
+    check_reachability(&mut report, vpc, &pods);
+
+    // DEL, then remove the namespace, in the order a runtime tears a sandbox down.
+    for (ns, pod, result) in pods {
+        let del = plugin::run(
+            &node.netns,
+            "DEL",
+            &pod,
+            &plugin::with_prev_result(&conf, &result),
+        )?;
+        report.check(format!("DEL {} succeeds", pod.name), del.ok());
+        drop(ns);
+    }
+    check_node_clean(&mut report, &node.netns, &ipamd)?;
+    ipamd.stop();
+    Ok(report)
+}
+
+fn table_of(result: &Value) -> String {
+    let device: i64 = result["interfaces"][2]["sandbox"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1);
+    match device {
+        0 => "main".into(),
+        d if d > 0 => (d + 1).to_string(),
+        _ => "?".into(),
+    }
+}
+
+fn check_addresses(report: &mut Report, vpc: &Vpc) {
+    let ips: Vec<&String> = report.pods.iter().map(|p| &p.ip).collect();
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    report.check(
+        "every pod has a distinct address",
+        unique.len() == ips.len(),
+    );
+    let vpc_cidr: ipnet::Ipv4Net = vpc.node().subnet_cidr.parse().expect("subnet cidr");
+    let all_in = report.pods.iter().all(|p| {
+        p.ip.parse::<std::net::Ipv4Addr>()
+            .map(|a| vpc_cidr.contains(&a))
+            .unwrap_or(false)
+    });
+    report.check(
+        format!("every address is in the node's subnet {vpc_cidr}"),
+        all_in,
+    );
+    let owned = report.pods.iter().all(|p| p.eni.starts_with("eni-"));
+    report.check("every address is held by one of the node's ENIs", owned);
+}
+
+fn check_reachability(report: &mut Report, vpc: &Vpc, pods: &[(Netns, Pod, Value)]) {
+    let rows = report.pods.clone();
+    let first = &pods[0].0.name;
+    for row in rows.iter().skip(1) {
+        report.check(
+            format!("{} reaches {} ({})", rows[0].name, row.name, row.ip),
+            ping(first, &row.ip),
+        );
+    }
+    let hosts: Vec<_> = vpc
+        .info
+        .instances
+        .iter()
+        .filter(|i| i.role == "host")
+        .cloned()
+        .collect();
+    for host in hosts {
+        for ((ns, _, _), row) in pods.iter().zip(&rows) {
+            let ok = ping(&ns.name, &host.primary_ip);
+            report.check(
+                format!(
+                    "{} reaches VPC host {} ({})",
+                    row.name, host.id, host.primary_ip
+                ),
+                ok,
+            );
+        }
+    }
+}
+
+/// After every DEL: no pod veth, no pod route or rule on the node, nothing assigned in ipamd.
+fn check_node_clean(report: &mut Report, node: &str, ipamd: &Ipamd) -> anyhow::Result<()> {
+    let links = ip_json(node, &["link", "show"])?;
+    let veths: Vec<String> = links
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| n.starts_with("eni"))
+        .map(str::to_string)
+        .collect();
+    report.check(
+        format!("no pod veth left on the node {veths:?}"),
+        veths.is_empty(),
+    );
+    let rules = ip_json(node, &["rule", "show"])?;
+    let pod_rules: Vec<&Value> = rules
+        .iter()
+        .filter(|r| matches!(r["priority"].as_i64(), Some(512) | Some(1536)))
+        .collect();
+    report.check(
+        format!("no pod rule left on the node ({})", pod_rules.len()),
+        pod_rules.is_empty(),
+    );
+    let routes = ip_json(node, &["route", "show", "table", "main"])?;
+    let pod_routes = routes
+        .iter()
+        .filter(|r| {
+            r["dev"]
+                .as_str()
+                .map(|d| d.starts_with("eni"))
+                .unwrap_or(false)
+        })
+        .count();
+    report.check("no pod route left in main", pod_routes == 0);
+    let enis = ipamd.enis()?;
+    let assigned = enis["assignedIPs"].as_i64().unwrap_or(-1);
+    report.check(
+        format!("ipamd holds no assignment ({assigned})"),
+        assigned == 0,
+    );
+    Ok(())
+}
