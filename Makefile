@@ -1,0 +1,30 @@
+# Entry points. Everything that touches the kernel runs in network namespaces the tools create
+# and remove; `demo` and `test` need root.
+
+CARGO ?= cargo
+TARGET_DIR ?= target
+
+.PHONY: all build demo test unit lint fmt bench clean-netns
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+# A local VPC, a node running ipamd, ten pods created as containerd creates them.
+demo: build
+	$(TARGET_DIR)/debug/vpc-demo
+
+# The whole suite: unit, netlink-in-namespace, plugin, ipamd, simulator, end to end.
+test: build
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
