@@ -77,21 +77,6 @@ pub fn node_netconf(ipamd: &Ipamd, dir: &Path) -> Value {
     )
 }
 
-/// Maps each assigned address to the ENI that holds it, from ipamd's introspection.
-fn eni_of_ips(enis: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let list = enis["enis"].as_array().cloned().unwrap_or_default();
-    for eni in list {
-        let id = eni["id"].as_str().unwrap_or_default().to_string();
-        for addr in eni["addresses"].as_array().cloned().unwrap_or_default() {
-            if let Some(ip) = addr["address"].as_str() {
-                out.push((ip.to_string(), id.clone()));
-            }
-        }
-    }
-    out
-}
-
 /// Runs the whole node scenario: start ipamd, ADD `count` pods, prove reachability, DEL them
 /// and prove nothing is left on the node.
 pub fn run_node(vpc: &Vpc, count: usize) -> anyhow::Result<Report> {
@@ -123,7 +108,7 @@ pub fn run_node(vpc: &Vpc, count: usize) -> anyhow::Result<Report> {
         pods.push((ns, pod, out.json()));
     }
 
-    let owners = eni_of_ips(&ipamd.enis().unwrap_or(Value::Null));
+    let owners = crate::introspect::ip_owners(&ipamd.enis().unwrap_or(Value::Null));
     for (_, pod, result) in &pods {
         let ip = result["ips"][0]["address"]
             .as_str()

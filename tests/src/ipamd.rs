@@ -143,3 +143,25 @@ impl Drop for Ipamd {
         self.stop();
     }
 }
+
+impl Ipamd {
+    /// Addresses ipamd holds for pods, from its introspection.
+    pub fn assigned_ips(&self) -> anyhow::Result<Vec<String>> {
+        let enis = self.enis()?;
+        let mut out = Vec::new();
+        crate::introspect::visit_addresses(&enis, &mut |addr, assigned| {
+            if assigned {
+                out.push(addr.to_string());
+            }
+        });
+        out.sort();
+        Ok(out)
+    }
+
+    /// ENI ids ipamd manages, from its introspection.
+    pub fn eni_ids(&self) -> anyhow::Result<Vec<String>> {
+        let mut ids = crate::introspect::eni_ids(&self.enis()?);
+        ids.sort();
+        Ok(ids)
+    }
+}

@@ -9,4 +9,7 @@ pub mod netns;
 pub mod plugin;
 pub mod process;
 pub mod rpc;
+pub mod sim;
 pub mod vpc;
+pub mod node;
+pub mod introspect;

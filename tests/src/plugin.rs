@@ -135,3 +135,11 @@ pub fn with_prev_result(conf: &Value, prev: &Value) -> Value {
 pub fn empty_object() -> Value {
     json!({})
 }
+
+/// The host veth name aws-node gives a pod: prefix + first 11 hex digits of
+/// SHA-1("<namespace>.<name>"). Computed here independently of the plugin, to check it.
+pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(format!("{namespace}.{name}").as_bytes());
+    format!("{prefix}{}", &hex::encode(digest)[..11])
+}

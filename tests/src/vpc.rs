@@ -221,3 +221,20 @@ pub fn http_json_in(
     .join()
     .map_err(|_| anyhow::anyhow!("http thread panicked"))?
 }
+
+impl Vpc {
+    /// Ids of the ENIs EC2 has attached to `instance`.
+    pub fn attached_eni_ids(&self, instance: &str) -> anyhow::Result<Vec<String>> {
+        let state = self.state()?;
+        let mut ids: Vec<String> = state["networkInterfaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e["attachment"]["instanceId"].as_str() == Some(instance))
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
