@@ -211,6 +211,27 @@ impl Containerd {
         Ok(status.network.map(|n| n.ip).unwrap_or_default())
     }
 
+    /// The pod's network namespace path, from the sandbox's verbose status.
+    pub fn pod_netns(&mut self, id: &str) -> anyhow::Result<String> {
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        };
+        let resp = self.rt.block_on(self.client.pod_sandbox_status(req))?;
+        let info = resp.into_inner().info;
+        let doc: Value = serde_json::from_str(info.get("info").context("no verbose info")?)?;
+        let namespaces = doc["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        namespaces
+            .iter()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .map(str::to_string)
+            .context("sandbox has no network namespace path")
+    }
+
     pub fn stop_pod(&mut self, id: &str) -> anyhow::Result<()> {
         let req = StopPodSandboxRequest {
             pod_sandbox_id: id.into(),

@@ -174,3 +174,13 @@ pub fn enter(netns: &str) -> anyhow::Result<()> {
         .with_context(|| format!("enter netns {netns}"))?;
     Ok(())
 }
+
+/// Ping from a namespace given by path (as containerd names pod namespaces).
+pub fn ping_from_path(netns_path: &str, dst: &str) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net={netns_path}"))
+        .args(["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", dst])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
