@@ -13,3 +13,4 @@ pub mod sim;
 pub mod vpc;
 pub mod node;
 pub mod introspect;
+pub mod uml;
