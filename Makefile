@@ -28,3 +28,9 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Plugin ADD/DEL latency against the baseline ptp+host-local, in one run. The plugin is timed
+# as a release build (as shipped); the node around it runs the debug build of the rest.
+bench: build
+	$(CARGO) build --release -p vpc-cni
+	$(TARGET_DIR)/debug/vpc-bench 30 $(TARGET_DIR)/release/vpc-cni

@@ -14,3 +14,4 @@ pub mod vpc;
 pub mod node;
 pub mod introspect;
 pub mod uml;
+pub mod bench;

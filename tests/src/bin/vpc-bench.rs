@@ -1,0 +1,96 @@
+//! `make bench`: ADD and DEL latency of vpc-cni (warm pool, real ipamd on a simulated node)
+//! against the named baseline `ptp+host-local` (Debian's reference plugins), in the same run on
+//! the same machine. Prints medians and p90s and the ratio; exits non-zero when a warm ADD of
+//! ours is not under half of the baseline's.
+//!
+//!   vpc-bench [ITERATIONS] [PLUGIN_BINARY]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use harness::bench::{summary, time_verb};
+use harness::netns::{enter, require_root, Netns};
+use harness::node::Node;
+use serde_json::json;
+
+fn main() -> anyhow::Result<()> {
+    require_root();
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(30);
+    let ours = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| harness::bins::path("vpc-cni"));
+
+    let node = Node::start(&[("WARM_IP_TARGET", "5"), ("MINIMUM_IP_TARGET", "10")])?;
+    let ours_conf = node.conf.clone();
+    let baseline_node = Netns::new("bench-base")?;
+    let data_dir = tempfile::tempdir()?;
+    let baseline_conf = json!({
+        "cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp",
+        "ipam": {"type": "host-local", "subnet": "10.250.0.0/16",
+                 "dataDir": data_dir.path().display().to_string()}
+    });
+
+    let mut rows = Vec::new();
+    let plans = [
+        ("vpc-cni", ours.clone(), node.netns().to_string(), ours_conf),
+        (
+            "ptp+host-local",
+            PathBuf::from("/usr/lib/cni/ptp"),
+            baseline_node.name.clone(),
+            baseline_conf,
+        ),
+    ];
+    for (name, bin, node_ns, conf) in plans {
+        let (adds, dels) = measure(n, &bin, &node_ns, &conf)?;
+        let (add, del) = (summary(adds), summary(dels));
+        println!(
+            "{name:<16} ADD median {:6.2} ms p90 {:6.2} ms   DEL median {:6.2} ms p90 {:6.2} ms",
+            add.0, add.1, del.0, del.1
+        );
+        rows.push((name, add, del));
+    }
+    let (ours_add, base_add) = (rows[0].1 .0, rows[1].1 .0);
+    let (ours_del, base_del) = (rows[0].2 .0, rows[1].2 .0);
+    println!(
+        "vpc-cni / ptp+host-local: ADD {:.2}x, DEL {:.2}x",
+        ours_add / base_add,
+        ours_del / base_del
+    );
+    if ours_add >= base_add / 2.0 {
+        anyhow::bail!(
+            "warm ADD median {ours_add:.2} ms is not under half the baseline's {base_add:.2} ms"
+        );
+    }
+    Ok(())
+}
+
+/// ADD then DEL `n` pods, one process per verb, each pod in a fresh namespace.
+fn measure(
+    n: usize,
+    bin: &PathBuf,
+    node_ns: &str,
+    conf: &serde_json::Value,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (bin, node_ns, conf) = (bin.clone(), node_ns.to_string(), conf.clone());
+    let pods: Vec<Netns> = (0..n)
+        .map(|i| Netns::new(&format!("bp{i}")))
+        .collect::<Result<_, _>>()?;
+    let paths: Vec<String> = pods.iter().map(|p| p.path()).collect();
+    // Spawned from a thread inside the node namespace, so each plugin process starts there
+    // exactly as under a runtime, without `ip netns exec` in the measurement.
+    std::thread::spawn(move || -> anyhow::Result<_> {
+        enter(&node_ns)?;
+        let (mut adds, mut dels) = (Vec::new(), Vec::new());
+        for (i, path) in paths.iter().enumerate() {
+            let id = format!("bench{i:04}");
+            let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i};K8S_POD_INFRA_CONTAINER_ID={id}");
+            adds.push(time_verb(&bin, "ADD", &id, path, &args, &conf)?);
+            dels.push(time_verb(&bin, "DEL", &id, path, &args, &conf)?);
+        }
+        Ok((adds, dels))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+}
