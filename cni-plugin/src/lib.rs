@@ -4,3 +4,4 @@
 pub mod cni;
 pub mod names;
 pub mod netlink;
+pub mod plumbing;

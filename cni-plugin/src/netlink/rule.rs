@@ -91,6 +91,10 @@ impl Rule {
         }
         // The kernel always reports a priority; an unset one in a request means "any".
         rule.priority = rule.priority.or(Some(0));
+        // Rules without a mark come back with FRA_FWMASK 0; that is "no mark match".
+        if rule.fwmark.is_none() && rule.fwmask == Some(0) {
+            rule.fwmask = None;
+        }
         Some(rule)
     }
 
