@@ -1,0 +1,16 @@
+//! vpc-sim: one AWS VPC on this machine. An EC2 Query API and IMDSv2 that real SDKs talk to,
+//! backed by a model that enforces EC2's limits, and a datapath of network namespaces and veth
+//! pairs that delivers packets the way the VPC does.
+
+pub mod control;
+pub mod ec2;
+pub mod fabric;
+pub mod imds;
+pub mod info;
+pub mod netns;
+pub mod scenario;
+pub mod server;
+pub mod state;
+
+pub use info::{InstanceInfo, SimInfo};
+pub use server::{run, Options, SimError};

@@ -1,0 +1,270 @@
+//! The scenario file: one VPC with its subnets, security groups and instances.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::ec2::instance_types;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("read scenario {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("parse scenario {0}: {1}")]
+    Parse(PathBuf, #[source] serde_json::Error),
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scenario {
+    pub region: String,
+    pub vpc: VpcSpec,
+    pub subnets: Vec<SubnetSpec>,
+    #[serde(default)]
+    pub security_groups: Vec<SecurityGroupSpec>,
+    pub instances: Vec<InstanceSpec>,
+    /// Seeds the id generator so ENI ids and MACs repeat from run to run.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VpcSpec {
+    pub id: String,
+    pub cidr: Ipv4Net,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubnetSpec {
+    pub id: String,
+    pub cidr: Ipv4Net,
+    pub az: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityGroupSpec {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub ingress: Vec<SgRule>,
+    #[serde(default)]
+    pub egress: Vec<SgRule>,
+}
+
+/// One security-group rule: traffic of `protocol` ("tcp", "udp", "icmp" or "-1" for all) on
+/// ports `fromPort..=toPort`, from (ingress) or to (egress) `cidrs` or members of `groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SgRule {
+    pub protocol: String,
+    #[serde(default)]
+    pub from_port: Option<u16>,
+    #[serde(default)]
+    pub to_port: Option<u16>,
+    #[serde(default)]
+    pub cidrs: Vec<Ipv4Net>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A Kubernetes node: ipamd and pods live in its namespace; it forwards packets.
+    Node,
+    /// Any other machine in the VPC, for example a database the pods talk to.
+    Host,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceSpec {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    pub role: Role,
+    #[serde(default)]
+    pub private_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read(path).map_err(|e| ScenarioError::Read(path.to_path_buf(), e))?;
+        let scenario: Scenario = serde_json::from_slice(&text)
+            .map_err(|e| ScenarioError::Parse(path.to_path_buf(), e))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if self.region.is_empty() {
+            return invalid("region is empty".into());
+        }
+        self.validate_subnets()?;
+        unique("security group", self.security_groups.iter().map(|g| &g.id))?;
+        unique("instance", self.instances.iter().map(|i| &i.id))?;
+        self.instances
+            .iter()
+            .try_for_each(|i| self.validate_instance(i))
+    }
+
+    fn validate_subnets(&self) -> Result<(), ScenarioError> {
+        unique("subnet", self.subnets.iter().map(|s| &s.id))?;
+        for (n, subnet) in self.subnets.iter().enumerate() {
+            let len = subnet.cidr.prefix_len();
+            if !(16..=28).contains(&len) {
+                return invalid(format!(
+                    "subnet {} has /{len}; EC2 allows /16 to /28",
+                    subnet.id
+                ));
+            }
+            if !self.vpc.cidr.contains(&subnet.cidr) {
+                return invalid(format!(
+                    "subnet {} is outside vpc {}",
+                    subnet.id, self.vpc.cidr
+                ));
+            }
+            if !subnet.az.starts_with(&self.region) {
+                return invalid(format!(
+                    "subnet {} has az {} outside region {}",
+                    subnet.id, subnet.az, self.region
+                ));
+            }
+            if let Some(other) = self.subnets[..n].iter().find(|o| {
+                o.cidr.contains(&subnet.cidr.network()) || subnet.cidr.contains(&o.cidr.network())
+            }) {
+                return invalid(format!("subnets {} and {} overlap", other.id, subnet.id));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_instance(&self, instance: &InstanceSpec) -> Result<(), ScenarioError> {
+        let id = &instance.id;
+        // The id names the instance's netns, a file under /var/run/netns.
+        let safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if id.is_empty() || id.len() > 40 || !id.chars().all(safe) {
+            return invalid(format!(
+                "instance id {id:?} must be 1-40 characters of [A-Za-z0-9_-]"
+            ));
+        }
+        if instance_types::lookup(&instance.instance_type).is_none() {
+            return invalid(format!(
+                "instance {id} has unknown type {}",
+                instance.instance_type
+            ));
+        }
+        let Some(subnet) = self.subnets.iter().find(|s| s.id == instance.subnet) else {
+            return invalid(format!(
+                "instance {id} names unknown subnet {}",
+                instance.subnet
+            ));
+        };
+        if let Some(sg) = instance
+            .security_groups
+            .iter()
+            .find(|sg| !self.security_groups.iter().any(|g| &&g.id == sg))
+        {
+            return invalid(format!("instance {id} names unknown security group {sg}"));
+        }
+        match instance.private_ip {
+            Some(ip) if !subnet.cidr.contains(&ip) => invalid(format!(
+                "instance {id} address {ip} is outside subnet {}",
+                subnet.id
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn subnet(&self, id: &str) -> Option<&SubnetSpec> {
+        self.subnets.iter().find(|s| s.id == id)
+    }
+}
+
+fn invalid<T>(message: String) -> Result<T, ScenarioError> {
+    Err(ScenarioError::Invalid(message))
+}
+
+fn unique<'a>(kind: &str, ids: impl Iterator<Item = &'a String>) -> Result<(), ScenarioError> {
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return invalid(format!("{kind} id {id} appears twice"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "region": "us-west-2",
+            "vpc": {"id": "vpc-1", "cidr": "10.0.0.0/16"},
+            "subnets": [{"id": "subnet-a", "cidr": "10.0.0.0/24", "az": "us-west-2a"}],
+            "securityGroups": [{"id": "sg-1", "name": "nodes",
+                "ingress": [{"protocol": "-1", "cidrs": ["10.0.0.0/16"]}]}],
+            "instances": [{"id": "i-1", "type": "m5.large", "subnet": "subnet-a",
+                "securityGroups": ["sg-1"], "role": "node"}]
+        })
+    }
+
+    fn check(v: serde_json::Value) -> Result<(), ScenarioError> {
+        serde_json::from_value::<Scenario>(v).unwrap().validate()
+    }
+
+    #[test]
+    fn accepts_a_minimal_scenario() {
+        check(base()).unwrap();
+    }
+
+    #[test]
+    fn rejects_inconsistent_scenarios() {
+        let mut v = base();
+        v["instances"][0]["type"] = "x9.huge".into();
+        assert!(check(v)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown type x9.huge"));
+
+        let mut v = base();
+        v["subnets"][0]["cidr"] = "10.1.0.0/24".into();
+        assert!(check(v).unwrap_err().to_string().contains("outside vpc"));
+
+        let mut v = base();
+        v["instances"][0]["privateIp"] = "10.0.1.5".into();
+        assert!(check(v).unwrap_err().to_string().contains("outside subnet"));
+
+        let mut v = base();
+        v["instances"][0]["id"] = "../../etc".into();
+        assert!(check(v).unwrap_err().to_string().contains("must be"));
+
+        let mut v = base();
+        v["instances"][0]["securityGroups"] = serde_json::json!(["sg-9"]);
+        assert!(check(v).unwrap_err().to_string().contains("sg-9"));
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let mut v = base();
+        v["instances"][0]["subnetId"] = "subnet-a".into();
+        assert!(serde_json::from_value::<Scenario>(v).is_err());
+    }
+}
