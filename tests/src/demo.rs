@@ -43,8 +43,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<8} {:<14} {:<23} {:<16} {}",
-            "POD", "ADDRESS", "ENI", "HOST VETH", "TABLE"
+            "{:<8} {:<14} {:<23} {:<16} TABLE",
+            "POD", "ADDRESS", "ENI", "HOST VETH"
         );
         for p in &self.pods {
             let _ = writeln!(

@@ -245,7 +245,8 @@ fn corrupt_or_missing_checkpoint_never_causes_duplicate_addresses() {
     let b = node.pod("keep-b", "c-keep-b").unwrap();
     let live = [result_ip(&node.add(&a.pod)), result_ip(&node.add(&b.pod))];
 
-    let damages: [(&str, fn(&std::path::Path)); 3] = [
+    type Damage = fn(&std::path::Path);
+    let damages: [(&str, Damage); 3] = [
         ("half", |p| {
             let text = std::fs::read(p).unwrap();
             std::fs::write(p, &text[..text.len() / 2]).unwrap();

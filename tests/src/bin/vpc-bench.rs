@@ -69,11 +69,11 @@ fn main() -> anyhow::Result<()> {
 /// ADD then DEL `n` pods, one process per verb, each pod in a fresh namespace.
 fn measure(
     n: usize,
-    bin: &PathBuf,
+    bin: &std::path::Path,
     node_ns: &str,
     conf: &serde_json::Value,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let (bin, node_ns, conf) = (bin.clone(), node_ns.to_string(), conf.clone());
+    let (bin, node_ns, conf) = (bin.to_path_buf(), node_ns.to_string(), conf.clone());
     let pods: Vec<Netns> = (0..n)
         .map(|i| Netns::new(&format!("bp{i}")))
         .collect::<Result<_, _>>()?;
