@@ -127,6 +127,8 @@ pub struct Config {
     pub veth_prefix: String,
     pub cluster_name: Option<String>,
     pub additional_eni_tags: BTreeMap<String, String>,
+    /// ADDITIONAL_ENI_TAGS keys dropped because ipamd owns them; logged at start-up.
+    pub ignored_eni_tags: Vec<String>,
     pub log_level: tracing::level_filters::LevelFilter,
     pub log_target: LogTarget,
     pub backing_store: PathBuf,
@@ -148,6 +150,7 @@ impl Config {
     /// Builds the configuration from any name → value source; unit tests pass a map.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
+        let (tags, ignored) = env.additional_tags()?;
         let config = Config {
             warm_eni_target: env.warm_eni_target()?,
             warm_ip_target: env.count(WARM_IP_TARGET, 0)?,
@@ -159,7 +162,8 @@ impl Config {
             eni_mtu: env.mtu()?,
             veth_prefix: env.veth_prefix()?,
             cluster_name: env.get(CLUSTER_NAME),
-            additional_eni_tags: env.additional_tags()?,
+            additional_eni_tags: tags,
+            ignored_eni_tags: ignored,
             log_level: env.log_level()?,
             log_target: env.log_target(),
             backing_store: env
@@ -329,9 +333,10 @@ impl Env<'_> {
         Ok(value)
     }
 
-    fn additional_tags(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+    /// The tags to add, and the reserved keys left out.
+    fn additional_tags(&self) -> Result<(BTreeMap<String, String>, Vec<String>), ConfigError> {
         let Some(value) = self.get(ADDITIONAL_ENI_TAGS) else {
-            return Ok(BTreeMap::new());
+            return Ok(Default::default());
         };
         let tags: BTreeMap<String, String> =
             serde_json::from_str(&value).map_err(|e| ConfigError::BadTags {
@@ -341,10 +346,7 @@ impl Env<'_> {
         let (reserved, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = tags
             .into_iter()
             .partition(|(k, _)| k.contains(RESERVED_TAG_DOMAIN));
-        for key in reserved.keys() {
-            tracing::warn!(key = %key, "ignoring reserved key in {ADDITIONAL_ENI_TAGS}");
-        }
-        Ok(kept)
+        Ok((kept, reserved.into_keys().collect()))
     }
 
     fn log_level(&self) -> Result<tracing::level_filters::LevelFilter, ConfigError> {

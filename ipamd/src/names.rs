@@ -1,20 +1,12 @@
-//! Host veth names, derived from the pod's namespace and name exactly as the plugin derives
-//! them, so ipamd can tell which pod a host link belongs to.
-
-use sha1::{Digest, Sha1};
+//! Host veth names. The plugin derives them from the pod's namespace and name; ipamd reads
+//! them back to tell which pod a host link, and so an address, belongs to.
 
 /// Hex characters of SHA-1("<namespace>.<name>") that end every host veth name.
 pub const HASH_LEN: usize = 11;
 
+/// The pod's hash: the host veth name without its prefix.
 pub fn pod_hash(namespace: &str, name: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{name}").as_bytes());
-    let mut hex = hex::encode(digest);
-    hex.truncate(HASH_LEN);
-    hex
-}
-
-pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
-    format!("{prefix}{}", pod_hash(namespace, name))
+    vpc_cni::names::host_veth_name("", namespace, name)
 }
 
 /// The pod hash of a link that is a host veth with this prefix, or `None`.
@@ -29,19 +21,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn matches_aws_node_naming() {
-        let name = host_veth_name("eni", "default", "nginx");
-        assert_eq!(name.len(), 3 + HASH_LEN);
-        assert_eq!(
-            &name[3..],
-            &hex::encode(Sha1::digest(b"default.nginx"))[..HASH_LEN]
-        );
-        assert!(host_veth_name("abcd", "ns", "pod").len() <= 15);
+    fn hash_is_the_plugin_veth_name_without_prefix() {
+        let veth = vpc_cni::names::host_veth_name("eni", "ns1", "pod-a");
+        assert_eq!(pod_hash("ns1", "pod-a").len(), HASH_LEN);
+        assert_eq!(veth, format!("eni{}", pod_hash("ns1", "pod-a")));
     }
 
     #[test]
     fn recognises_only_prefix_plus_hash() {
-        let name = host_veth_name("eni", "ns1", "pod-a");
+        let name = vpc_cni::names::host_veth_name("eni", "ns1", "pod-a");
         assert_eq!(
             veth_hash(&name, "eni"),
             Some(pod_hash("ns1", "pod-a").as_str())

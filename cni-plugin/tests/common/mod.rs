@@ -119,3 +119,5 @@ pub fn rules_with_priority(rules: &[Value], prio: u64) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+pub mod server;

@@ -1,0 +1,280 @@
+//! Start-up and shutdown: IMDS → instance limits → attached ENIs → host plumbing →
+//! checkpoint restore → warm pool, then the gRPC, introspection and metrics servers until
+//! SIGTERM.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use vpc_cni::netlink::{Netlink, NetlinkError};
+
+use crate::checkpoint::{CheckpointError, JsonFile, Loaded};
+use crate::config::Config;
+use crate::datastore::{Datastore, EniInfo};
+use crate::ec2::{self, Ec2, Ec2Error, EniDescription, InstanceLimits};
+use crate::host::{Host, HostError, LinkWait};
+use crate::imds::{Identity, Imds, ImdsError};
+use crate::introspection::{self, HttpError};
+use crate::manager::Manager;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::pool::Limits;
+use crate::restore;
+use crate::rpc::{self, RpcError};
+
+/// How long servers get to finish in-flight requests after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("instance metadata: {0}")]
+    Imds(#[from] ImdsError),
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error("netlink: {0}")]
+    Netlink(#[from] NetlinkError),
+    #[error("eni setup: {0}")]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("primary eni {0} is not among the attached enis")]
+    NoPrimaryEni(String),
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    for key in &config.ignored_eni_tags {
+        tracing::warn!(key = %key, "ignoring ADDITIONAL_ENI_TAGS key reserved for ipamd");
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let (node, ec2, host) = init_node(config, metrics).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = start(node.clone(), ec2, host, stop_rx)?;
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("sigterm, shutting down"),
+        _ = sigint.recv() => tracing::info!("sigint, shutting down"),
+        Some(done) = tasks.join_next() => tracing::error!(result = ?done, "a server stopped on its own, shutting down"),
+    }
+    node.set_terminating();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = std::fs::remove_file(&node.config.socket_path);
+    tracing::info!("ipamd stopped");
+    Ok(())
+}
+
+/// Everything before serving: after this returns, ADDs can be answered.
+async fn init_node(
+    config: Config,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<Node>, Ec2, Arc<Host>), DaemonError> {
+    let imds = Imds::new(metrics.clone());
+    let identity = imds.identity().await?;
+    tracing::info!(instance = %identity.instance_id, instance_type = %identity.instance_type,
+        region = %identity.region, primary_eni = %identity.primary_eni_id, "instance identified");
+
+    let ec2 = Ec2::connect(
+        &identity.region,
+        config.ec2_endpoint.as_deref(),
+        metrics.clone(),
+    )
+    .await;
+    let instance_limits = ec2.instance_limits(&identity.instance_type).await?;
+    let (managed, unmanaged) = attached_enis(&ec2, &identity).await?;
+
+    let host = Arc::new(Host::new(
+        Netlink::current()?,
+        config.eni_mtu,
+        LinkWait::default(),
+    ));
+    let file = JsonFile::new(&config.backing_store);
+    let loaded = file.load()?;
+    let mut ds = Datastore::new(Box::new(file), config.ip_cooldown, config.prefix_delegation);
+    for eni in &managed {
+        let info = eni_info(&imds, &identity, eni).await?;
+        plumb(&host, &info).await?;
+        ds.add_eni(info, SystemTime::now());
+        ds.add_cidrs(&eni.id, &eni.cidrs()).expect("eni just added");
+    }
+    restore_allocations(&mut ds, &host, &config, loaded).await?;
+
+    let limits = pool_limits(&config, instance_limits, unmanaged);
+    tracing::info!(
+        max_enis = limits.max_enis,
+        slots_per_eni = limits.slots_per_eni,
+        managed = managed.len(),
+        unmanaged,
+        "limits"
+    );
+    let node = Arc::new(Node::new(config, identity, limits, metrics, ds));
+    tracing::info!(stats = %node.stats(), "datastore ready");
+    Ok((node, ec2, host))
+}
+
+/// ENIs attached at device indexes on card 0, from EC2 (not IMDS, which can lag behind an
+/// attach that happened just before a crash), split into managed ones and a count of
+/// those ipamd must leave alone.
+async fn attached_enis(
+    ec2: &Ec2,
+    identity: &Identity,
+) -> Result<(Vec<EniDescription>, u32), DaemonError> {
+    let attached = ec2.attached_enis(&identity.instance_id).await?;
+    let ids: Vec<String> = attached.iter().map(|(id, _)| id.clone()).collect();
+    let mut described = ec2.describe_enis(&ids).await?;
+    described.sort_by_key(|e| e.attachment.as_ref().map_or(u32::MAX, |a| a.device_index));
+    if !described.iter().any(|e| e.id == identity.primary_eni_id) {
+        return Err(DaemonError::NoPrimaryEni(identity.primary_eni_id.clone()));
+    }
+    let (managed, unmanaged): (Vec<_>, Vec<_>) = described
+        .into_iter()
+        .partition(|e| e.id == identity.primary_eni_id || is_manageable(e));
+    for eni in &unmanaged {
+        tracing::info!(eni = %eni.id, interface_type = %eni.interface_type, "leaving unmanaged eni alone");
+    }
+    Ok((managed, unmanaged.len() as u32))
+}
+
+/// aws-node leaves ENIs tagged no_manage=true, trunks and EFA interfaces alone.
+fn is_manageable(eni: &EniDescription) -> bool {
+    let no_manage = eni
+        .tags
+        .get(ec2::TAG_NO_MANAGE)
+        .is_some_and(|v| v == "true");
+    let special = matches!(eni.interface_type.as_str(), "trunk" | "efa" | "efa-only");
+    !no_manage && !special
+}
+
+async fn eni_info(
+    imds: &Imds,
+    identity: &Identity,
+    eni: &EniDescription,
+) -> Result<EniInfo, DaemonError> {
+    let subnet = if eni.subnet_id == identity.subnet_id {
+        identity.subnet_cidr
+    } else {
+        imds.subnet_cidr(&eni.mac).await?
+    };
+    Ok(EniInfo {
+        id: eni.id.clone(),
+        mac: eni.mac.clone(),
+        device_index: eni.attachment.as_ref().map_or(0, |a| a.device_index),
+        primary: eni.id == identity.primary_eni_id,
+        primary_ip: eni.primary_ip,
+        subnet,
+    })
+}
+
+async fn plumb(host: &Host, info: &EniInfo) -> Result<(), HostError> {
+    if info.primary {
+        host.setup_primary_eni(info).await
+    } else {
+        host.setup_secondary_eni(info).await
+    }
+}
+
+/// Re-attaches allocations from the checkpoint and the host, removes rules of pods that
+/// are gone, and rewrites the checkpoint.
+async fn restore_allocations(
+    ds: &mut Datastore,
+    host: &Host,
+    config: &Config,
+    loaded: Loaded,
+) -> Result<(), DaemonError> {
+    let (checkpoint, corrupt) = match loaded {
+        Loaded::Found(file) => (Some(file), false),
+        Loaded::Missing => (None, false),
+        Loaded::Corrupt(e) => {
+            tracing::error!(error = %e, "checkpoint unusable, rebuilding from host state");
+            (None, true)
+        }
+    };
+    let now = SystemTime::now();
+    let state = host.pod_state(&config.veth_prefix).await?;
+    let plan = restore::plan(checkpoint.as_ref(), &state, now);
+    for stale in &plan.stale {
+        tracing::info!(key = %stale.key, ip = %stale.ip, pod = %stale.meta.name, "pod gone while ipamd was down, address freed");
+    }
+    remove_stale_rules(host, &plan.stale_rule_ips).await;
+    let adopted = plan.restored.iter().filter(|r| r.key.is_rebuilt()).count();
+    for dropped in ds.restore(plan.restored, plan.released) {
+        tracing::warn!(key = %dropped.key, ip = %dropped.ip, "allocation not on any attached eni, dropped");
+    }
+    if corrupt {
+        // The record of recently released addresses went with the file.
+        ds.cool_down_all_free(now);
+    }
+    ds.persist()?;
+    tracing::info!(adopted_from_host = adopted, "allocations restored");
+    Ok(())
+}
+
+async fn remove_stale_rules(host: &Host, ips: &BTreeSet<std::net::Ipv4Addr>) {
+    for ip in ips {
+        match host.remove_pod_rules(*ip).await {
+            Ok(n) => tracing::info!(ip = %ip, rules = n, "removed rules of a gone pod"),
+            Err(e) => tracing::warn!(error = %e, "could not remove stale pod rules"),
+        }
+    }
+}
+
+fn pool_limits(config: &Config, instance: InstanceLimits, unmanaged: u32) -> Limits {
+    let cap = config
+        .max_eni
+        .map_or(instance.max_enis, |m| m.min(instance.max_enis));
+    Limits {
+        max_enis: cap.saturating_sub(unmanaged),
+        slots_per_eni: instance.ipv4_per_eni.saturating_sub(1),
+    }
+}
+
+/// Starts the pool manager (whose first round fills the pool) and the servers.
+fn start(
+    node: Arc<Node>,
+    ec2: Ec2,
+    host: Arc<Host>,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinSet<()>, DaemonError> {
+    let listener = rpc::bind(&node.config.socket_path)?;
+    let mut tasks = JoinSet::new();
+    let manager = Manager::new(node.clone(), ec2, host);
+    tasks.spawn(manager.run(stop.clone()));
+
+    let (n, s) = (node.clone(), stop.clone());
+    tasks.spawn(async move {
+        if let Err(e) = rpc::serve(listener, n, s).await {
+            tracing::error!(error = %e, "grpc server failed");
+        }
+    });
+    if let Some(addr) = node.config.introspection_bind {
+        let router = introspection::introspection_router(node.clone());
+        tasks.spawn(log_http(introspection::serve(addr, router, stop.clone())));
+    }
+    if let Some(addr) = node.config.metrics_bind {
+        let router = introspection::metrics_router(node.clone());
+        tasks.spawn(log_http(introspection::serve(addr, router, stop)));
+    }
+    tracing::info!(socket = %node.config.socket_path.display(), "serving");
+    Ok(tasks)
+}
+
+async fn log_http(server: impl std::future::Future<Output = Result<(), HttpError>>) {
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "http server failed");
+    }
+}
