@@ -46,6 +46,14 @@ pub fn run(var: impl Fn(&str) -> Option<String>, mut stdin: impl Read) -> Outcom
         Err(e) => return failure(&Error::Conf(e), &version),
     };
     logging::init(&conf);
+    let span = tracing::info_span!(
+        "cni",
+        command = %env.command,
+        container_id = %env.container_id,
+        ifname = %env.ifname,
+        netns = ?env.netns,
+    );
+    let _guard = span.enter();
     match execute(&env, &conf) {
         Ok(output) => success(output),
         Err(err) => {
@@ -61,14 +69,6 @@ fn execute(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let span = tracing::info_span!(
-        "cni",
-        command = %env.command,
-        container_id = %env.container_id,
-        ifname = %env.ifname,
-        netns = ?env.netns,
-    );
-    let _guard = span.enter();
     runtime.block_on(commands::execute(env, conf))
 }
 

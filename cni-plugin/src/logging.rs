@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tracing::level_filters::LevelFilter;
+use tracing_subscriber::EnvFilter;
 
 use crate::cni::netconf::{LogLevel, NetConf};
 
@@ -18,8 +19,17 @@ pub fn init(conf: &NetConf) {
         LogLevel::Warn => LevelFilter::WARN,
         LogLevel::Error => LevelFilter::ERROR,
     };
+    // The configured level is for this plugin's own events; the gRPC stack's debug output
+    // (every HTTP/2 frame) would drown them, so libraries log warnings only.
+    let filter = EnvFilter::default()
+        .add_directive(LevelFilter::WARN.into())
+        .add_directive(
+            format!("vpc_cni={level}")
+                .parse()
+                .expect("static directive"),
+        );
     let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_ansi(false)
         .with_target(false);
     let file = conf

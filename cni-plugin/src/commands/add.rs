@@ -24,32 +24,25 @@ struct Allocation {
     table: u32,
 }
 
-pub(super) async fn add(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
-    // Validate everything before asking for an address.
-    let args = PodArgs::parse(&env.args)?;
-    let netns_path = env.netns.clone().expect("validated: ADD has CNI_NETNS");
-    let pod_netns = Arc::new(open_pod_netns(&netns_path)?);
-    let pod = Netlink::in_netns(pod_netns.clone()).map_err(netlink_err("open pod netlink"))?;
-    if pod
-        .link_by_name(&env.ifname)
-        .await
-        .map_err(netlink_err("read pod links"))?
-        .is_some()
-    {
-        return Err(Error::IfnameTaken {
-            ifname: env.ifname.clone(),
-            netns: netns_path,
-        });
-    }
-    let host = Netlink::current().map_err(netlink_err("open host netlink"))?;
+/// The pod's namespace and netlink connections on both sides, opened before anything is
+/// allocated so that a bad CNI_NETNS or a taken CNI_IFNAME costs no address.
+struct Sides {
+    pod_netns: Arc<Netns>,
+    pod: Netlink,
+    host: Netlink,
+}
 
+pub(super) async fn add(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
+    let args = PodArgs::parse(&env.args)?;
+    let sides = open_sides(env).await?;
+    let context = format!("add pod {}", env.ifname);
     let mut ipamd = IpamdClient::connect(&conf.ipamd_socket)
         .await
-        .map_err(ipamd_err(format!("add pod {}", env.ifname)))?;
+        .map_err(ipamd_err(&context))?;
     let reply = ipamd
         .add_network(add_request(env, conf, &args))
         .await
-        .map_err(ipamd_err(format!("add pod {}", env.ifname)))?;
+        .map_err(ipamd_err(&context))?;
     let alloc = match accept(env, &reply) {
         Ok(alloc) => alloc,
         Err(err) => return Err(release_after(&mut ipamd, env, conf, &args, err).await),
@@ -64,7 +57,7 @@ pub(super) async fn add(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
         table: alloc.table,
         mtu: conf.mtu,
     };
-    let wired = match setup_pod(&host, &pod, &pod_netns, &net).await {
+    let wired = match setup_pod(&sides.host, &sides.pod, &sides.pod_netns, &net).await {
         Ok(wired) => wired,
         Err(source) => {
             let err = Error::Setup {
@@ -83,6 +76,30 @@ pub(super) async fn add(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
         &record_name(namespace, name),
     );
     Ok(Output::Result(merged(conf, ours).encode(conf.cni_version)))
+}
+
+async fn open_sides(env: &CniEnv) -> Result<Sides, Error> {
+    let netns_path = env.netns.clone().expect("validated: ADD has CNI_NETNS");
+    let pod_netns = Arc::new(open_pod_netns(&netns_path)?);
+    let pod = Netlink::in_netns(pod_netns.clone()).map_err(netlink_err("open pod netlink"))?;
+    // The spec requires an error when the interface exists; find out before allocating.
+    if pod
+        .link_by_name(&env.ifname)
+        .await
+        .map_err(netlink_err("read pod links"))?
+        .is_some()
+    {
+        return Err(Error::IfnameTaken {
+            ifname: env.ifname.clone(),
+            netns: netns_path,
+        });
+    }
+    let host = Netlink::current().map_err(netlink_err("open host netlink"))?;
+    Ok(Sides {
+        pod_netns,
+        pod,
+        host,
+    })
 }
 
 fn open_pod_netns(path: &std::path::Path) -> Result<Netns, Error> {

@@ -1,7 +1,7 @@
 //! GC: ipamd releases every allocation of this network that is not in the runtime's list of
 //! valid attachments; the plugin then removes the node-side leftovers of those.
 
-use vpc_cni_proto::{Attachment, GarbageCollectRequest};
+use vpc_cni_proto::{Attachment, GarbageCollectRequest, ReleasedAttachment};
 
 use super::{ipamd_err, netlink_err, Error, Output};
 use crate::cni::NetConf;
@@ -40,9 +40,25 @@ pub(super) async fn gc(conf: &NetConf) -> Result<Output, Error> {
         "garbage collected"
     );
 
+    let errors = clean_released(conf, &reply.released).await?;
+    match errors.len() {
+        0 => Ok(Output::Nothing),
+        _ => Err(Error::Teardown {
+            context: "gc".into(),
+            source: PlumbingError::Several(errors),
+        }),
+    }
+}
+
+/// Removes what each released attachment left on the node; the pods' namespaces are gone
+/// (that is why the runtime no longer lists them), so only the host side remains.
+async fn clean_released(
+    conf: &NetConf,
+    released: &[ReleasedAttachment],
+) -> Result<Vec<PlumbingError>, Error> {
     let host = Netlink::current().map_err(netlink_err("open host netlink"))?;
     let mut errors = Vec::new();
-    for gone in &reply.released {
+    for gone in released {
         let (namespace, name) = pod_identity(
             &gone.pod_namespace,
             &gone.pod_name,
@@ -61,11 +77,5 @@ pub(super) async fn gc(conf: &NetConf) -> Result<Output, Error> {
             errors.push(e);
         }
     }
-    match errors.len() {
-        0 => Ok(Output::Nothing),
-        _ => Err(Error::Teardown {
-            context: "gc".into(),
-            source: PlumbingError::Several(errors),
-        }),
-    }
+    Ok(errors)
 }

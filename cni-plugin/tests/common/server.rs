@@ -250,7 +250,12 @@ impl CniBackend for Backend {
         let released = {
             let mut s = self.0.lock().unwrap();
             s.calls.push(Call::Del(req));
-            s.allocations.remove(&key)
+            let released = s.allocations.remove(&key);
+            // No cooldown here: a released address is free again at once.
+            if let Some(a) = &released {
+                s.pool.push(a.ip);
+            }
+            released
         };
         let metadata = released.iter().map(|a| self.meta(a.ip)).collect();
         Ok(Response::new(DelNetworkReply {
