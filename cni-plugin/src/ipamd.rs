@@ -88,9 +88,13 @@ impl IpamdClient {
     ) -> Result<AddNetworkReply, IpamdError> {
         req.client_version = CONTRACT_VERSION.into();
         let mut client = self.inner.clone();
-        call("AddNetwork", ADD_DEADLINE, req, |r| async move {
-            client.add_network(r).await
-        })
+        call(
+            &self.socket,
+            "AddNetwork",
+            ADD_DEADLINE,
+            req,
+            |r| async move { client.add_network(r).await },
+        )
         .await
     }
 
@@ -100,9 +104,13 @@ impl IpamdClient {
     ) -> Result<DelNetworkReply, IpamdError> {
         req.client_version = CONTRACT_VERSION.into();
         let mut client = self.inner.clone();
-        call("DelNetwork", SHORT_DEADLINE, req, |r| async move {
-            client.del_network(r).await
-        })
+        call(
+            &self.socket,
+            "DelNetwork",
+            SHORT_DEADLINE,
+            req,
+            |r| async move { client.del_network(r).await },
+        )
         .await
     }
 
@@ -112,9 +120,13 @@ impl IpamdClient {
             network_name: network_name.into(),
         };
         let mut client = self.inner.clone();
-        call("Status", SHORT_DEADLINE, req, |r| async move {
-            client.status(r).await
-        })
+        call(
+            &self.socket,
+            "Status",
+            SHORT_DEADLINE,
+            req,
+            |r| async move { client.status(r).await },
+        )
         .await
     }
 
@@ -125,12 +137,13 @@ impl IpamdClient {
         req.client_version = CONTRACT_VERSION.into();
         let mut client = self.inner.clone();
         let rpc = |r| async move { client.garbage_collect(r).await };
-        call("GarbageCollect", SHORT_DEADLINE, req, rpc).await
+        call(&self.socket, "GarbageCollect", SHORT_DEADLINE, req, rpc).await
     }
 }
 
 /// Runs one RPC with `deadline` both sent to the server (grpc-timeout) and enforced here.
 async fn call<Req, Rep, F, Fut>(
+    socket: &Path,
     rpc: &'static str,
     deadline: Duration,
     req: Req,
@@ -152,11 +165,11 @@ where
             after: deadline,
         }),
         Ok(Ok(reply)) => Ok(reply.into_inner()),
-        Ok(Err(status)) => Err(classify(rpc, deadline, status)),
+        Ok(Err(status)) => Err(classify(socket, rpc, deadline, status)),
     }
 }
 
-fn classify(rpc: &'static str, deadline: Duration, status: Status) -> IpamdError {
+fn classify(socket: &Path, rpc: &'static str, deadline: Duration, status: Status) -> IpamdError {
     let message = status.message().to_string();
     match status.code() {
         Code::FailedPrecondition => IpamdError::VersionMismatch { rpc, message },
@@ -166,7 +179,7 @@ fn classify(rpc: &'static str, deadline: Duration, status: Status) -> IpamdError
         },
         // Unavailable covers a daemon that went away between connect and call.
         Code::Unavailable => IpamdError::Unreachable {
-            socket: PathBuf::new(),
+            socket: socket.to_path_buf(),
             reason: format!("{rpc}: {message}"),
         },
         code => IpamdError::Rpc { rpc, code, message },

@@ -100,6 +100,15 @@ async fn wires_every_object_then_tears_down_without_trace() {
     assert_eq!(host["address"], wired.host_mac.to_string());
     assert_eq!(host["mtu"], 9001);
     assert!(has_flag(&host, "UP"));
+    let sysctl = |name: &str| {
+        let path = format!("/proc/sys/net/ipv6/conf/{}/{name}", n.host_veth);
+        common::run("ip", &["netns", "exec", &b.node.name, "cat", &path])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sysctl("accept_ra"), "0");
+    assert_eq!(sysctl("accept_redirects"), "1");
+    assert_eq!(sysctl("forwarding"), "0");
     let first_octet = u8::from_str_radix(&wired.host_mac.to_string()[..2], 16).unwrap();
     assert_eq!(first_octet & 0x03, 0x02, "locally administered unicast");
 

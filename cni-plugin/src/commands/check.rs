@@ -56,9 +56,7 @@ pub(super) async fn check(env: &CniEnv, conf: &NetConf) -> Result<Output, Error>
     match check_pod(&host, &pod, &want).await {
         Ok(()) => Ok(Output::Nothing),
         Err(PlumbingError::Mismatch(what)) => Err(mismatch(what)),
-        Err(other) => Err(Error::Teardown {
-            context: format!("check pod {}", env.ifname),
-            source: other,
-        }),
+        // State that cannot be read cannot be confirmed either.
+        Err(other) => Err(mismatch(other.to_string())),
     }
 }

@@ -135,7 +135,7 @@ impl Error {
             Error::Ipamd { .. } => "failed to reach ipamd",
             Error::NoAddress { .. } => "add cmd: failed to assign an IP address to container",
             Error::BadReply { .. } => "add cmd: ipamd reply unusable",
-            Error::Setup { .. } | Error::Netlink { .. } => "add command: failed to setup network",
+            Error::Setup { .. } => "add command: failed to setup network",
             Error::Teardown { .. } => "del cmd: failed on tear down pod network",
             Error::ReleaseRefused { .. } => "del cmd: failed to process delete request",
             Error::Mismatch { .. } => "check cmd: pod network differs from prevResult",
