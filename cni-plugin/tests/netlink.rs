@@ -242,3 +242,25 @@ fn socket_needs_a_runtime() {
         Err(vpc_cni::netlink::NetlinkError::NoRuntime)
     ));
 }
+
+fn assert_send<T: Send>(_: &T) {}
+
+/// ipamd drives these from a multi-threaded runtime, where spawned futures must be Send.
+#[tokio::test]
+async fn futures_can_move_between_threads() {
+    let ns = TestNetns::new("nl-send");
+    let (netns, nl) = open(&ns);
+    let rule = Rule::default();
+    let route = Route::link_scope("10.0.0.1/32".parse().unwrap(), 1, 2);
+    assert_send(&nl.links());
+    assert_send(&nl.link_by_mac("02:00:00:00:00:01".parse().unwrap()));
+    assert_send(&nl.add_rule(&rule));
+    assert_send(&nl.delete_rules(&rule));
+    assert_send(&nl.replace_route(&route));
+    assert_send(&nl.routes_in_table(2, false));
+    assert_send(&nl.addresses());
+    assert_send(&nl.neighbours(false));
+    assert_send(&nl.set_link_netns(1, &netns));
+    fn shared<T: Send + Sync>(_: &T) {}
+    shared(&nl);
+}
