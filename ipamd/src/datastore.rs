@@ -364,12 +364,14 @@ impl Datastore {
         let Some(alloc) = self.remove_allocation(key) else {
             return Ok(None);
         };
+        let expired = self.take_expired_cooldowns(now);
         let previous = self.cooldown.insert(alloc.ip, now);
         if let Err(source) = self.persist() {
             match previous {
                 Some(t) => self.cooldown.insert(alloc.ip, t),
                 None => self.cooldown.remove(&alloc.ip),
             };
+            self.cooldown.extend(expired);
             let ip = alloc.ip;
             self.insert_allocation(key.clone(), alloc);
             return Err(DatastoreError::Persist {

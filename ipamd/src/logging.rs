@@ -8,19 +8,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, LogTarget};
 
 /// Libraries whose debug output would drown ipamd's own (every HTTP exchange with EC2).
-const QUIET: &[&str] = &[
-    "aws_smithy_runtime",
-    "aws_smithy_http_client",
-    "aws_config",
-    "aws_sdk_ec2",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "tower",
-    "rustls",
-    "tonic",
-    "axum",
-];
+/// Directives match targets by prefix, so "aws_" covers the whole SDK.
+const QUIET: &[&str] = &["aws_", "hyper", "h2", "tower", "rustls", "tonic", "axum"];
 
 pub fn init(config: &Config) -> std::io::Result<()> {
     let mut filter = EnvFilter::new(config.log_level.to_string());
