@@ -8,9 +8,12 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::ipamd::Ipamd;
-use crate::netns::{ip_json, ping, Netns};
+use crate::netns::{ip_json, ping, tcp_reaches, Netns, TcpService};
 use crate::plugin::{self, Pod};
 use crate::vpc::Vpc;
+
+/// Port of the database in conf/examples/vpc-demo.json.
+pub const DB_PORT: u16 = 5432;
 
 /// One pod as the node sees it after ADD.
 #[derive(Debug, Clone)]
@@ -205,11 +208,20 @@ fn check_reachability(report: &mut Report, vpc: &Vpc, pods: &[(Netns, Pod, Value
         .cloned()
         .collect();
     for host in hosts {
+        // The scenario's VPC host is a database whose security group admits TCP on its port
+        // from the node's group, and nothing else.
+        let Ok(_db) = TcpService::start(&host.netns, DB_PORT) else {
+            report.check(
+                format!("database listens on {}:{DB_PORT}", host.primary_ip),
+                false,
+            );
+            continue;
+        };
         for ((ns, _, _), row) in pods.iter().zip(&rows) {
-            let ok = ping(&ns.name, &host.primary_ip);
+            let ok = tcp_reaches(&ns.name, &host.primary_ip, DB_PORT);
             report.check(
                 format!(
-                    "{} reaches VPC host {} ({})",
+                    "{} reaches VPC database {} ({}:{DB_PORT})",
                     row.name, host.id, host.primary_ip
                 ),
                 ok,
@@ -251,11 +263,10 @@ fn check_node_clean(report: &mut Report, node: &str, ipamd: &Ipamd) -> anyhow::R
         })
         .count();
     report.check("no pod route left in main", pod_routes == 0);
-    let enis = ipamd.enis()?;
-    let assigned = enis["assignedIPs"].as_i64().unwrap_or(-1);
+    let assigned = ipamd.assigned_ips()?;
     report.check(
-        format!("ipamd holds no assignment ({assigned})"),
-        assigned == 0,
+        format!("ipamd holds no assignment {assigned:?}"),
+        assigned.is_empty(),
     );
     Ok(())
 }

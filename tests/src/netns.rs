@@ -184,3 +184,81 @@ pub fn ping_from_path(netns_path: &str, dst: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// A TCP server inside a namespace that accepts every connection and answers "ok\n", until
+/// dropped. Stands in for a VPC service (a database) in reachability checks.
+pub struct TcpService {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpService {
+    pub fn start(netns: &str, port: u16) -> anyhow::Result<Self> {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let netns = netns.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let bound = enter(&netns).and_then(|_| {
+                let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            });
+            let listener = match bound {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        use std::io::Write;
+                        let _ = s.write_all(b"ok\n");
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        rx.recv()??;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for TcpService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether a TCP connection from `netns` to `addr:port` is accepted and answered in time.
+pub fn tcp_reaches(netns: &str, addr: &str, port: u16) -> bool {
+    let (netns, addr) = (netns.to_string(), addr.to_string());
+    std::thread::spawn(move || -> anyhow::Result<bool> {
+        use std::io::Read;
+        enter(&netns)?;
+        let sa: std::net::SocketAddr = format!("{addr}:{port}").parse()?;
+        let timeout = std::time::Duration::from_secs(2);
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&sa, timeout) else {
+            return Ok(false);
+        };
+        s.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 3];
+        Ok(s.read_exact(&mut buf).is_ok() && &buf == b"ok\n")
+    })
+    .join()
+    .unwrap_or(Ok(false))
+    .unwrap_or(false)
+}
