@@ -5,6 +5,7 @@ pub mod bins;
 pub mod containerd;
 pub mod demo;
 pub mod ipamd;
+pub mod kube;
 pub mod netns;
 pub mod plugin;
 pub mod process;
