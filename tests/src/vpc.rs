@@ -226,7 +226,7 @@ impl Vpc {
     /// Ids of the ENIs EC2 has attached to `instance`.
     pub fn attached_eni_ids(&self, instance: &str) -> anyhow::Result<Vec<String>> {
         let state = self.state()?;
-        let mut ids: Vec<String> = state["networkInterfaces"]
+        let mut ids: Vec<String> = state["enis"]
             .as_array()
             .cloned()
             .unwrap_or_default()
