@@ -59,7 +59,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
     let metrics = Arc::new(Metrics::new());
-    let (node, ec2, host) = init_node(config, metrics).await?;
+    // EC2 retries can make start-up long; a SIGTERM meanwhile ends it cleanly.
+    let (node, ec2, host) = tokio::select! {
+        init = init_node(config, metrics) => init?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = start(node.clone(), ec2, host, stop_rx)?;
 

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::datastore::{DatastoreError, EniInfo, EniUsage};
+use crate::datastore::{DatastoreError, EniInfo, EniUsage, Key};
 use crate::ec2::{self, AddressRequest, Ec2, Ec2Error, NewEni};
 use crate::host::{Host, HostError};
 use crate::node::Node;
@@ -23,6 +23,8 @@ const SUBNET_FULL_BACKOFF: Duration = Duration::from_secs(120);
 const MAX_STEPS_PER_ROUND: u32 = 10;
 /// How long to wait for a detach to finish before deleting anyway.
 const DETACH_WAIT: Duration = Duration::from_secs(15);
+/// How often allocations rebuilt from host veths are checked against the host again.
+const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum ManagerError {
@@ -48,6 +50,7 @@ pub struct Manager {
     host: Arc<Host>,
     last_shrink: Option<Instant>,
     backoff_until: Option<Instant>,
+    last_orphan_check: Instant,
 }
 
 impl Manager {
@@ -58,6 +61,7 @@ impl Manager {
             host,
             last_shrink: None,
             backoff_until: None,
+            last_orphan_check: Instant::now(),
         }
     }
 
@@ -78,6 +82,10 @@ impl Manager {
 
     /// Steps until the pool is where the targets want it, or nothing more can be done now.
     pub async fn round(&mut self) {
+        if self.last_orphan_check.elapsed() >= ORPHAN_CHECK_INTERVAL {
+            self.last_orphan_check = Instant::now();
+            self.reclaim_orphans().await;
+        }
         for _ in 0..MAX_STEPS_PER_ROUND {
             if self.node.is_terminating() {
                 return;
@@ -107,6 +115,34 @@ impl Manager {
             return self.shrink(pool::excess(t, &stats)).await;
         }
         self.free_idle_eni(&stats, &usage).await
+    }
+
+    /// Allocations rebuilt from a host veth have no CNI key a DEL or GC could name; once
+    /// their veth is gone the pod is too, so their address is released here.
+    async fn reclaim_orphans(&self) {
+        let rebuilt: Vec<(Key, String)> = self
+            .node
+            .datastore()
+            .allocations()
+            .filter_map(|(k, a)| Some((k.clone(), a.host_veth_hash.clone()?)))
+            .filter(|(k, _)| k.is_rebuilt())
+            .collect();
+        if rebuilt.is_empty() {
+            return;
+        }
+        let state = match self.host.pod_state(&self.node.config.veth_prefix).await {
+            Ok(state) => state,
+            Err(e) => return tracing::warn!(error = %e, "orphan check skipped"),
+        };
+        for (key, hash) in rebuilt.iter().filter(|(_, h)| !state.has_veth_for(h)) {
+            match self.node.datastore().release(key, SystemTime::now()) {
+                Ok(Some(a)) => {
+                    tracing::info!(ip = %a.ip, veth_hash = %hash, "pod of a rebuilt allocation is gone, address released")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "release of a rebuilt allocation failed"),
+            }
+        }
     }
 
     fn shrink_due(&self) -> bool {
