@@ -18,6 +18,7 @@ pub mod node;
 pub mod pool;
 pub mod restore;
 pub mod rpc;
+pub mod sgp;
 
 /// An error with its causes as one line, `outer: inner: root`.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
