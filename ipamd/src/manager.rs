@@ -19,6 +19,9 @@ use crate::pool;
 const SHRINK_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause after EC2 says the subnet has no free addresses.
 const SUBNET_FULL_BACKOFF: Duration = Duration::from_secs(120);
+/// Pause after the first failed step; doubles per failure up to the cap.
+const FAILURE_BACKOFF_BASE: Duration = Duration::from_millis(500);
+const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Growth steps in one round before waiting for the next tick.
 const MAX_STEPS_PER_ROUND: u32 = 10;
 /// How long to wait for a detach to finish before deleting anyway.
@@ -49,7 +52,11 @@ pub struct Manager {
     ec2: Ec2,
     host: Arc<Host>,
     last_shrink: Option<Instant>,
+    /// No growth before this instant: the subnet said it is full.
     backoff_until: Option<Instant>,
+    /// No EC2 action at all before this instant: recent steps failed.
+    paused_until: Option<Instant>,
+    failures: u32,
     last_orphan_check: Instant,
 }
 
@@ -61,6 +68,8 @@ impl Manager {
             host,
             last_shrink: None,
             backoff_until: None,
+            paused_until: None,
+            failures: 0,
             last_orphan_check: Instant::now(),
         }
     }
@@ -91,10 +100,13 @@ impl Manager {
                 return;
             }
             match self.step().await {
-                Ok(Step::Changed) => self.node.announce_pool_change(),
+                Ok(Step::Changed) => {
+                    self.failures = 0;
+                    self.node.announce_pool_change();
+                }
                 Ok(Step::Idle) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "pool step failed");
+                    self.failed_step(&e);
                     return;
                 }
             }
@@ -102,6 +114,12 @@ impl Manager {
     }
 
     async fn step(&mut self) -> Result<Step, ManagerError> {
+        if self
+            .paused_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Ok(Step::Idle);
+        }
         let (stats, usage) = {
             let ds = self.node.datastore();
             let now = SystemTime::now();
@@ -143,6 +161,17 @@ impl Manager {
                 Err(e) => tracing::warn!(error = %e, "release of a rebuilt allocation failed"),
             }
         }
+    }
+
+    /// Waiting ADDs wake the manager several times a second; after a failure it pauses,
+    /// doubling from 1 s up to a minute, so a persistent EC2 error does not become a flood.
+    fn failed_step(&mut self, e: &ManagerError) {
+        self.failures = self.failures.saturating_add(1);
+        let pause = FAILURE_BACKOFF_BASE
+            .saturating_mul(1 << self.failures.min(6))
+            .min(FAILURE_BACKOFF_CAP);
+        self.paused_until = Some(Instant::now() + pause);
+        tracing::warn!(error = %e, failures = self.failures, pause_ms = pause.as_millis() as u64, "pool step failed");
     }
 
     fn shrink_due(&self) -> bool {
@@ -367,7 +396,11 @@ impl Manager {
         };
         let info = {
             let mut ds = self.node.datastore();
-            ds.begin_eni_removal(&candidate.id, min_age, now)?;
+            if let Err(e) = ds.begin_eni_removal(&candidate.id, min_age, now) {
+                // An ADD took one of its addresses since the usage snapshot.
+                tracing::debug!(error = %e, "eni no longer idle");
+                return Ok(Step::Idle);
+            }
             ds.eni(&candidate.id).expect("marked above").info.clone()
         };
         let removed = self.remove_eni(&info).await;
