@@ -264,9 +264,12 @@ impl Datastore {
     }
 
     /// Records addresses (/32) or prefixes (/28) EC2 reports on the ENI; known ones are kept.
+    /// The ENI's own primary address is never taken, whatever a response lists (some EC2
+    /// emulators return every address of the ENI from AssignPrivateIpAddresses).
     pub fn add_cidrs(&mut self, eni_id: &str, cidrs: &[Ipv4Net]) -> Result<(), DatastoreError> {
         let eni = self.eni_mut(eni_id)?;
-        for cidr in cidrs {
+        let own = Ipv4Net::from(eni.info.primary_ip);
+        for cidr in cidrs.iter().filter(|c| **c != own) {
             let prefix = cidr.prefix_len() < 32;
             eni.cidrs.entry(cidr.trunc()).or_insert(Cidr {
                 prefix,
@@ -1051,6 +1054,15 @@ mod tests {
         assert!(k.is_rebuilt());
         assert_eq!(ds.release(&k, t(1)).unwrap().unwrap().ip, ip);
         assert_eq!(ds.rebuilt_key_for("0123456789a"), None);
+    }
+
+    #[test]
+    fn an_enis_primary_address_is_never_a_pod_address() {
+        let (mut ds, _) = store_with_two_enis();
+        ds.add_cidrs("eni-b", &[net("10.0.0.11/32"), net("10.0.0.34/32")])
+            .unwrap();
+        assert!(ds.owner_of("10.0.0.11".parse().unwrap()).is_none());
+        assert!(ds.owner_of("10.0.0.34".parse().unwrap()).is_some());
     }
 
     #[test]
