@@ -54,17 +54,13 @@ fn watch_echo_requests(netns: &str, src: &str) {
     assert!(out.success());
 }
 
-fn echo_requests_seen(netns: &str) -> u64 {
-    nft_counter(netns, "watch")
-}
-
 /// Packets the fabric dropped for failing the source/destination check.
 fn fabric_drops(sim: &Sim) -> u64 {
-    nft_counter(&sim.info.fabric_netns, "vpcsim")
+    sim_util::fabric_counter(&sim.info.fabric_netns, "source/destination check drops")
 }
 
-fn nft_counter(netns: &str, table: &str) -> u64 {
-    let text = exec_ok(netns, &["nft", "-j", "list", "table", "ip", table]);
+fn echo_requests_seen(netns: &str) -> u64 {
+    let text = exec_ok(netns, &["nft", "-j", "list", "table", "ip", "watch"]);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["nftables"]
         .as_array()
@@ -76,7 +72,7 @@ fn nft_counter(netns: &str, table: &str) -> u64 {
                 .iter()
                 .find_map(|e| e["counter"]["packets"].as_u64())
         })
-        .unwrap_or_else(|| panic!("no counter in table {table}"))
+        .unwrap_or_else(|| panic!("no counter in table watch"))
 }
 
 #[test]
@@ -203,9 +199,11 @@ async fn secondary_eni_answers_once_routed_like_ipamd_does() {
     let node = sim.netns("i-large");
     let db = sim.netns("i-db");
 
+    // With the node's group, as ipamd creates ENIs, so the host's pings are admitted.
     let created = ec2
         .create_network_interface()
         .subnet_id("subnet-a")
+        .groups("sg-0aaaaaaaaaaaaaaa1")
         .send()
         .await
         .unwrap();

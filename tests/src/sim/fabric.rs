@@ -1,24 +1,27 @@
 //! The hypervisor and the VPC fabric. Each instance is a network namespace; each attached ENI
 //! is a veth pair whose instance end is `eth<device index>` with the ENI's MAC and whose other
-//! end sits in the fabric namespace. The fabric routes between subnets, answers ARP for every
-//! subnet's router (.1, on its loopback) and, by proxy ARP, for every address it can route
-//! elsewhere. It delivers a packet to an ENI only for that ENI's EC2 addresses (a /32 or /28
-//! route per address with a permanent neighbour entry) and, like EC2's source/destination
-//! check, forwards a packet from an ENI only if its source is one of that ENI's addresses.
+//! end sits in the fabric namespace. A branch ENI on a trunk is an 802.1Q link on the trunk's
+//! fabric end: frames the instance tags with the branch's VLAN id belong to the branch. The
+//! fabric routes between subnets, answers ARP for every subnet's router (.1, on its loopback)
+//! and, by proxy ARP, for every address it can route elsewhere. It delivers a packet to an ENI
+//! only for that ENI's EC2 addresses (a /32 or /28 route per address with a permanent neighbour
+//! entry) and filters what it forwards with EC2's source/destination check and security groups
+//! (see `firewall`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::ec2::model::Eni;
 use super::ec2::Vpc;
+use super::firewall::{self, FwPort};
 use super::netns::{self, NetnsError};
 use super::scenario::Role;
+use super::secgroup::Policy;
 
 /// MTU of every ENI on current instance types (jumbo frames inside a VPC).
 pub const ENI_MTU: u32 = 9001;
-const NFT_TABLE: &str = "ip vpcsim";
-const NFT_SET: &str = "enisrc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FabricError {
@@ -32,12 +35,23 @@ pub enum FabricError {
     UnknownInstance(String),
 }
 
-/// One attached ENI as the datapath sees it.
+/// How an ENI reaches its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// Attached: a veth pair into the instance.
+    Veth {
+        instance_id: String,
+        device_index: u32,
+    },
+    /// A branch: a VLAN on its trunk's veth.
+    Vlan { trunk_eni: String, vlan_id: u16 },
+}
+
+/// One plugged ENI as the datapath sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
     pub eni_id: String,
-    pub instance_id: String,
-    pub device_index: u32,
+    pub wire: Wire,
     pub mac: String,
     /// The primary address with its subnet's prefix length.
     pub primary: Ipv4Net,
@@ -49,53 +63,102 @@ pub struct Port {
 
 impl Port {
     fn link(&self) -> String {
-        link_name(&self.eni_id)
+        match self.wire {
+            Wire::Veth { .. } => link_name(&self.eni_id),
+            Wire::Vlan { .. } => vlan_link_name(&self.eni_id),
+        }
+    }
+
+    fn is_vlan(&self) -> bool {
+        matches!(self.wire, Wire::Vlan { .. })
     }
 
     fn same_wire(&self, other: &Port) -> bool {
-        (
-            &self.instance_id,
-            self.device_index,
-            &self.mac,
-            self.primary,
-        ) == (
-            &other.instance_id,
-            other.device_index,
-            &other.mac,
-            other.primary,
-        )
+        (&self.wire, &self.mac, self.primary) == (&other.wire, &other.mac, other.primary)
+    }
+
+    fn firewall_port(&self) -> FwPort {
+        let mut sources = vec![Ipv4Net::from(self.primary.addr())];
+        sources.extend(&self.extra);
+        FwPort {
+            eni_id: self.eni_id.clone(),
+            link: self.link(),
+            sources,
+            any_source: !self.source_dest_check,
+        }
     }
 }
 
 /// The fabric end of an ENI's veth: `v` and 14 hex digits of the ENI id (IFNAMSIZ is 16).
 pub fn link_name(eni_id: &str) -> String {
-    let hex: String = eni_id.trim_start_matches("eni-").chars().take(14).collect();
-    format!("v{hex}")
+    format!("v{}", id_hex(eni_id))
 }
 
-/// The ports the VPC model says should exist now.
-pub fn desired_ports(vpc: &Vpc) -> BTreeMap<String, Port> {
+/// The fabric's 802.1Q link of a branch ENI: `b` and 14 hex digits of the branch's id.
+pub fn vlan_link_name(eni_id: &str) -> String {
+    format!("b{}", id_hex(eni_id))
+}
+
+fn id_hex(eni_id: &str) -> String {
+    eni_id.trim_start_matches("eni-").chars().take(14).collect()
+}
+
+/// Everything the datapath should be: the plugged ENIs and the rules that filter them.
+#[derive(Debug, Clone, Default)]
+pub struct Datapath {
+    pub ports: BTreeMap<String, Port>,
+    pub policy: Policy,
+}
+
+/// What the VPC model says the datapath should be now: a veth port for every attached ENI and
+/// a VLAN port for every branch whose trunk is attached.
+pub fn desired(vpc: &Vpc) -> Datapath {
     let mut ports = BTreeMap::new();
     for eni in vpc.enis.values() {
-        let (Some(att), Some(subnet)) = (&eni.attachment, vpc.subnets.get(&eni.subnet_id)) else {
+        let Some(att) = &eni.attachment else {
             continue;
         };
-        let prefix_len = subnet.pool.cidr().prefix_len();
-        let primary = Ipv4Net::new(eni.primary_ip(), prefix_len).expect("subnet prefix length");
-        let secondaries = eni.private_ips[1..].iter().map(|ip| Ipv4Net::from(*ip));
-        let port = Port {
-            eni_id: eni.id.clone(),
+        let wire = Wire::Veth {
             instance_id: att.instance_id.clone(),
             device_index: att.device_index,
-            mac: eni.mac.clone(),
-            primary,
-            gateway: subnet.pool.gateway(),
-            extra: secondaries.chain(eni.prefixes.iter().copied()).collect(),
-            source_dest_check: eni.source_dest_check,
         };
-        ports.insert(eni.id.clone(), port);
+        ports.extend(port(vpc, eni, wire));
     }
-    ports
+    for a in vpc.trunk_associations.values() {
+        let trunk_attached = vpc
+            .enis
+            .get(&a.trunk_eni)
+            .is_some_and(|t| t.attachment.is_some());
+        let Some(branch) = vpc.enis.get(&a.branch_eni).filter(|_| trunk_attached) else {
+            continue;
+        };
+        let wire = Wire::Vlan {
+            trunk_eni: a.trunk_eni.clone(),
+            vlan_id: a.vlan_id,
+        };
+        ports.extend(port(vpc, branch, wire));
+    }
+    Datapath {
+        ports,
+        policy: Policy::of(vpc),
+    }
+}
+
+fn port(vpc: &Vpc, eni: &Eni, wire: Wire) -> Option<(String, Port)> {
+    let subnet = vpc.subnets.get(&eni.subnet_id)?;
+    let prefix_len = subnet.pool.cidr().prefix_len();
+    let primary = Ipv4Net::new(eni.primary_ip(), prefix_len).expect("subnet prefix length");
+    let secondaries = eni.private_ips[1..].iter().map(|ip| Ipv4Net::from(*ip));
+    let port = Port {
+        eni_id: eni.id.clone(),
+        wire,
+        mac: eni.mac.clone(),
+        primary,
+        gateway: subnet.pool.gateway(),
+        extra: secondaries.chain(eni.prefixes.iter().copied()).collect(),
+        source_dest_check: eni.source_dest_check,
+    };
+    Some((eni.id.clone(), port))
 }
 
 #[derive(Debug)]
@@ -104,6 +167,10 @@ pub struct Fabric {
     instance_ns: BTreeMap<String, String>,
     created: Vec<String>,
     ports: BTreeMap<String, Port>,
+    /// Whether this kernel makes 802.1Q links; without them branches exist only in the API.
+    vlan_datapath: bool,
+    /// The filter table last applied, to skip identical reloads.
+    firewall: Option<String>,
     torn_down: bool,
 }
 
@@ -119,12 +186,18 @@ impl Fabric {
             instance_ns,
             created: Vec::new(),
             ports: BTreeMap::new(),
+            vlan_datapath: false,
+            firewall: None,
             torn_down: false,
         }
     }
 
     pub fn fabric_netns(&self) -> &str {
         &self.fabric_ns
+    }
+
+    pub fn vlan_datapath(&self) -> bool {
+        self.vlan_datapath
     }
 
     pub fn instance_netns(&self, instance_id: &str) -> Result<&str, FabricError> {
@@ -149,7 +222,7 @@ impl Fabric {
                 netns::sysctl(&ns, "net/ipv4/ip_forward", "1")?;
             }
         }
-        self.sync(desired_ports(vpc))
+        self.sync(desired(vpc))
     }
 
     fn create_netns(&mut self, name: &str) -> Result<(), FabricError> {
@@ -174,107 +247,109 @@ impl Fabric {
             .collect();
         commands.push(format!("route add blackhole {}", vpc.cidr));
         netns::ip_batch(&ns, &commands)?;
-
-        // Security-group rules would become further chains here, matched per ENI link.
-        let ruleset = format!(
-            "table {NFT_TABLE} {{\n\
-               set {NFT_SET} {{ type ifname . ipv4_addr; flags interval; }}\n\
-               chain forward {{\n\
-                 type filter hook forward priority filter; policy drop;\n\
-                 iifname . ip saddr @{NFT_SET} accept\n\
-                 counter comment \"source/destination check drops\"\n\
-               }}\n\
-             }}\n"
-        );
-        netns::nft(&ns, &ruleset)?;
+        self.vlan_datapath = probe_vlan(&ns);
         Ok(())
     }
 
-    /// Brings the datapath to `desired`: unplugs ENIs that left or moved, plugs new ones and
-    /// adjusts the addresses of the rest.
-    pub fn sync(&mut self, desired: BTreeMap<String, Port>) -> Result<(), FabricError> {
-        let gone: Vec<Port> = self
+    /// Brings the datapath to `desired`: unplugs ENIs that left or moved, plugs new ones,
+    /// adjusts the addresses of the rest, and reloads the firewall if its rules changed.
+    pub fn sync(&mut self, desired: Datapath) -> Result<(), FabricError> {
+        let Datapath { mut ports, policy } = desired;
+        if !self.vlan_datapath {
+            ports.retain(|_, p| !p.is_vlan());
+        }
+        let mut gone: Vec<Port> = self
             .ports
             .values()
-            .filter(|old| {
-                desired
-                    .get(&old.eni_id)
-                    .is_none_or(|new| !new.same_wire(old))
-            })
+            .filter(|old| ports.get(&old.eni_id).is_none_or(|new| !new.same_wire(old)))
             .cloned()
             .collect();
+        // Branches go before the trunks they ride on, and come after them.
+        gone.sort_by_key(|p| !p.is_vlan());
         for port in gone {
             self.unplug(&port)?;
         }
-        for (id, port) in desired {
-            match self.ports.get(&id).cloned() {
+        let mut wanted: Vec<Port> = ports.into_values().collect();
+        wanted.sort_by_key(Port::is_vlan);
+        for port in wanted {
+            match self.ports.get(&port.eni_id).cloned() {
                 None => self.plug(&port)?,
                 Some(old) if old != port => self.readdress(&old, &port)?,
                 Some(_) => continue,
             }
-            self.ports.insert(id, port);
+            self.ports.insert(port.eni_id.clone(), port);
         }
+        self.apply_firewall(&policy)
+    }
+
+    fn apply_firewall(&mut self, policy: &Policy) -> Result<(), FabricError> {
+        let ports: Vec<FwPort> = self.ports.values().map(Port::firewall_port).collect();
+        let table = firewall::ruleset(&ports, policy);
+        if self.firewall.as_ref() == Some(&table) {
+            return Ok(());
+        }
+        netns::iptables_restore(&self.fabric_ns, &table)?;
+        self.firewall = Some(table);
         Ok(())
     }
 
     fn plug(&mut self, port: &Port) -> Result<(), FabricError> {
-        let inst_ns = self.instance_netns(&port.instance_id)?.to_string();
         let link = port.link();
-        let ifname = format!("eth{}", port.device_index);
-        let primary = port.primary.addr();
-        tracing::info!(eni = %port.eni_id, instance = %port.instance_id, %ifname, mac = %port.mac, "plug eni");
-        let mut fabric = vec![
-            format!(
-                "link add {link} mtu {ENI_MTU} type veth peer name {ifname} address {} mtu {ENI_MTU} netns {inst_ns}",
-                port.mac
-            ),
-            format!("link set {link} up"),
-            // Answer proxy ARP at once instead of after a random delay of up to 0.8 s.
-            format!("ntable change name arp_cache dev {link} proxy_delay 0"),
-            format!("route replace {primary}/32 dev {link}"),
-            format!("neigh replace {primary} lladdr {} dev {link} nud permanent", port.mac),
-        ];
-        fabric.extend(port.extra.iter().flat_map(|a| add_address(port, *a)));
+        let mut fabric = match &port.wire {
+            Wire::Veth {
+                instance_id,
+                device_index,
+            } => {
+                let inst_ns = self.instance_netns(instance_id)?;
+                tracing::info!(eni = %port.eni_id, instance = %instance_id, device_index, mac = %port.mac, "plug eni");
+                vec![format!(
+                    "link add {link} mtu {ENI_MTU} type veth peer name eth{device_index} address {} mtu {ENI_MTU} netns {inst_ns}",
+                    port.mac
+                )]
+            }
+            Wire::Vlan { trunk_eni, vlan_id } => {
+                tracing::info!(eni = %port.eni_id, trunk = %trunk_eni, vlan_id, mac = %port.mac, "plug branch");
+                let parent = link_name(trunk_eni);
+                vec![format!(
+                    "link add link {parent} name {link} type vlan id {vlan_id}"
+                )]
+            }
+        };
+        fabric.extend(deliver(port));
         if let Err(e) = netns::ip_batch(&self.fabric_ns, &fabric) {
             // Leave no half-plugged link behind, so a later sync can plug it again.
             let _ = netns::ip_batch(&self.fabric_ns, &[format!("link del {link}")]);
             return Err(e.into());
         }
-        let mut sources: Vec<Ipv4Net> = vec![Ipv4Net::from(primary)];
-        sources.extend(&port.extra);
-        if !port.source_dest_check {
-            sources.push(Ipv4Net::default());
-        }
-        self.nft_elements("add", &link, &sources)?;
-        if port.device_index == 0 {
-            self.dhcp(&inst_ns, port)?;
+        if let Wire::Veth {
+            instance_id,
+            device_index: 0,
+        } = &port.wire
+        {
+            self.dhcp(self.instance_netns(instance_id)?, port)?;
         }
         Ok(())
     }
 
     /// What DHCP does for the primary ENI when an instance boots.
     fn dhcp(&self, inst_ns: &str, port: &Port) -> Result<(), FabricError> {
-        let ifname = format!("eth{}", port.device_index);
         let commands = [
-            format!("addr add {} brd + dev {ifname}", port.primary),
-            format!("link set {ifname} up"),
-            format!("route replace default via {} dev {ifname}", port.gateway),
+            format!("addr add {} brd + dev eth0", port.primary),
+            "link set eth0 up".to_string(),
+            format!("route replace default via {} dev eth0", port.gateway),
         ];
         netns::ip_batch(inst_ns, &commands)?;
         Ok(())
     }
 
     fn unplug(&mut self, port: &Port) -> Result<(), FabricError> {
-        tracing::info!(eni = %port.eni_id, instance = %port.instance_id, "unplug eni");
-        let link = port.link();
-        netns::ip_batch(&self.fabric_ns, &[format!("link del {link}")])?;
-        let mut sources: Vec<Ipv4Net> = vec![Ipv4Net::from(port.primary.addr())];
-        sources.extend(&port.extra);
-        if !port.source_dest_check {
-            sources.push(Ipv4Net::default());
-        }
-        self.nft_elements("delete", &link, &sources)?;
+        tracing::info!(eni = %port.eni_id, wire = ?port.wire, "unplug eni");
+        netns::ip_batch(&self.fabric_ns, &[format!("link del {}", port.link())])?;
         self.ports.remove(&port.eni_id);
+        // The kernel removed the branches' VLAN links together with their trunk's veth.
+        self.ports.retain(
+            |_, p| !matches!(&p.wire, Wire::Vlan { trunk_eni, .. } if *trunk_eni == port.eni_id),
+        );
         Ok(())
     }
 
@@ -289,26 +364,6 @@ impl Fabric {
             .collect();
         commands.extend(added.iter().flat_map(|a| add_address(new, *a)));
         netns::ip_batch(&self.fabric_ns, &commands)?;
-        self.nft_elements("delete", &link, &removed)?;
-        self.nft_elements("add", &link, &added)?;
-        match (old.source_dest_check, new.source_dest_check) {
-            (true, false) => self.nft_elements("add", &link, &[Ipv4Net::default()])?,
-            (false, true) => self.nft_elements("delete", &link, &[Ipv4Net::default()])?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn nft_elements(&self, verb: &str, link: &str, nets: &[Ipv4Net]) -> Result<(), FabricError> {
-        if nets.is_empty() {
-            return Ok(());
-        }
-        let elements: Vec<String> = nets.iter().map(|n| format!("\"{link}\" . {n}")).collect();
-        let script = format!(
-            "{verb} element {NFT_TABLE} {NFT_SET} {{ {} }}\n",
-            elements.join(", ")
-        );
-        netns::nft(&self.fabric_ns, &script)?;
         Ok(())
     }
 
@@ -319,7 +374,9 @@ impl Fabric {
             return;
         }
         self.torn_down = true;
-        for port in std::mem::take(&mut self.ports).values() {
+        let mut ports: Vec<Port> = std::mem::take(&mut self.ports).into_values().collect();
+        ports.sort_by_key(|p| !p.is_vlan());
+        for port in ports {
             let link = port.link();
             if let Err(e) = netns::ip_batch(&self.fabric_ns, &[format!("link del {link}")]) {
                 tracing::warn!(error = %e, %link, "delete eni link");
@@ -337,6 +394,39 @@ impl Drop for Fabric {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Whether this kernel makes 802.1Q links, tried on a throwaway veth in the fabric. The host
+/// kernel of some machines has no 8021q module; branches then live in the API only, which is
+/// said once here.
+fn probe_vlan(fabric_ns: &str) -> bool {
+    let probe = [
+        "link add vsprobe0 type veth peer name vsprobe1".to_string(),
+        "link add link vsprobe0 name vsprobe0.1 type vlan id 1".to_string(),
+    ];
+    let made = netns::ip_batch(fabric_ns, &probe);
+    let _ = netns::ip_batch(fabric_ns, &["link del vsprobe0".to_string()]);
+    if let Err(e) = &made {
+        tracing::warn!(error = %e, "this kernel makes no 802.1Q links: trunk associations work in the EC2 API but carry no traffic");
+    }
+    made.is_ok()
+}
+
+/// `ip` commands that bring a new fabric link up and route the port's addresses to it.
+fn deliver(port: &Port) -> Vec<String> {
+    let (link, primary) = (port.link(), port.primary.addr());
+    let mut commands = vec![
+        format!("link set {link} up"),
+        // Answer proxy ARP at once instead of after a random delay of up to 0.8 s.
+        format!("ntable change name arp_cache dev {link} proxy_delay 0"),
+        format!("route replace {primary}/32 dev {link}"),
+        format!(
+            "neigh replace {primary} lladdr {} dev {link} nud permanent",
+            port.mac
+        ),
+    ];
+    commands.extend(port.extra.iter().flat_map(|a| add_address(port, *a)));
+    commands
 }
 
 /// `ip` commands that deliver `addr` (a secondary /32 or a /28 prefix) to the port's ENI.
@@ -376,8 +466,10 @@ mod tests {
     fn port(extra: &[&str]) -> Port {
         Port {
             eni_id: "eni-0123456789abcdef0".into(),
-            instance_id: "i-1".into(),
-            device_index: 1,
+            wire: Wire::Veth {
+                instance_id: "i-1".into(),
+                device_index: 1,
+            },
             mac: "02:00:00:00:00:01".into(),
             primary: "10.0.0.20/24".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
@@ -390,6 +482,49 @@ mod tests {
     fn link_names_fit_ifnamsiz() {
         assert_eq!(link_name("eni-0123456789abcdef0"), "v0123456789abcd");
         assert_eq!(link_name("eni-0123456789abcdef0").len(), 15);
+        assert_eq!(vlan_link_name("eni-0123456789abcdef0"), "b0123456789abcd");
+    }
+
+    #[test]
+    fn branches_ride_on_attached_trunks_only() {
+        let scenario: crate::sim::scenario::Scenario = serde_json::from_value(serde_json::json!({
+            "region": "us-west-2",
+            "vpc": {"id": "vpc-1", "cidr": "10.0.0.0/16"},
+            "subnets": [{"id": "subnet-a", "cidr": "10.0.0.0/24", "az": "us-west-2a"}],
+            "instances": [{"id": "i-1", "type": "m5.large", "subnet": "subnet-a", "role": "node"}]
+        }))
+        .unwrap();
+        let mut vpc = Vpc::from_scenario(&scenario).unwrap();
+        let create = |vpc: &mut Vpc, interface_type| {
+            let req = crate::sim::ec2::ops::CreateEni {
+                subnet_id: "subnet-a".into(),
+                interface_type,
+                ..Default::default()
+            };
+            vpc.create_eni(req).unwrap().id.clone()
+        };
+        let trunk = create(&mut vpc, crate::sim::ec2::model::InterfaceType::Trunk);
+        let branch = create(&mut vpc, crate::sim::ec2::model::InterfaceType::Interface);
+        let attachment = vpc.attach(&trunk, "i-1", 1, 0).unwrap();
+        let req = crate::sim::ec2::trunk::Associate {
+            branch: branch.clone(),
+            trunk: trunk.clone(),
+            vlan_id: Some(5),
+            ..Default::default()
+        };
+        vpc.associate_trunk(&req).unwrap();
+        let ports = desired(&vpc).ports;
+        let wire = Wire::Vlan {
+            trunk_eni: trunk.clone(),
+            vlan_id: 5,
+        };
+        assert_eq!(ports[&branch].wire, wire);
+        assert_eq!(ports[&branch].link(), vlan_link_name(&branch));
+        assert!(ports[&branch].primary.addr() == vpc.eni(&branch).unwrap().primary_ip());
+
+        vpc.detach(&attachment, false).unwrap();
+        let ports = desired(&vpc).ports;
+        assert!(!ports.contains_key(&branch) && !ports.contains_key(&trunk));
     }
 
     #[test]
@@ -411,7 +546,10 @@ mod tests {
         let a = port(&["10.0.0.30/32"]);
         let mut b = port(&[]);
         assert!(a.same_wire(&b));
-        b.device_index = 2;
+        b.wire = Wire::Veth {
+            instance_id: "i-1".into(),
+            device_index: 2,
+        };
         assert!(!a.same_wire(&b));
     }
 }

@@ -1,4 +1,4 @@
-//! Named network namespaces and the `ip`/`nft` commands the simulator runs inside them.
+//! Named network namespaces and the `ip`/`iptables-legacy` commands the simulator runs inside them.
 //! Every command names its namespace: nothing here changes the root namespace.
 
 use std::fs::File;
@@ -75,12 +75,13 @@ pub fn ip_batch(netns: &str, commands: &[String]) -> Result<(), NetnsError> {
     run(&mut cmd, netns, Some(&script))
 }
 
-/// `ip netns exec NETNS nft -f -` with the given script.
-pub fn nft(netns: &str, script: &str) -> Result<(), NetnsError> {
-    tracing::debug!(netns, script, "nft");
+/// `ip netns exec NETNS iptables-legacy-restore` with the given tables (each one named in the
+/// document is replaced whole).
+pub fn iptables_restore(netns: &str, document: &str) -> Result<(), NetnsError> {
+    tracing::debug!(netns, document, "iptables-legacy-restore");
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns, "nft", "-f", "-"]);
-    run(&mut cmd, netns, Some(script))
+    cmd.args(["netns", "exec", netns, "iptables-legacy-restore"]);
+    run(&mut cmd, netns, Some(document))
 }
 
 fn run(cmd: &mut Command, netns: &str, stdin: Option<&str>) -> Result<(), NetnsError> {

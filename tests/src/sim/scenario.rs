@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::ec2::instance_types;
+use super::secgroup::{Match, RuleError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -50,6 +51,9 @@ pub struct SubnetSpec {
     pub tags: BTreeMap<String, String>,
 }
 
+/// A security group. Without an `ingress` list nothing comes in; without an `egress` list the
+/// group has EC2's default egress rule (everything out), while `"egress": []` lets nothing
+/// new out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecurityGroupSpec {
@@ -58,11 +62,20 @@ pub struct SecurityGroupSpec {
     #[serde(default)]
     pub ingress: Vec<SgRule>,
     #[serde(default)]
-    pub egress: Vec<SgRule>,
+    pub egress: Option<Vec<SgRule>>,
+}
+
+impl SecurityGroupSpec {
+    pub fn egress_rules(&self) -> Vec<SgRule> {
+        self.egress
+            .clone()
+            .unwrap_or_else(|| vec![SgRule::all_traffic()])
+    }
 }
 
 /// One security-group rule: traffic of `protocol` ("tcp", "udp", "icmp" or "-1" for all) on
-/// ports `fromPort..=toPort`, from (ingress) or to (egress) `cidrs` or members of `groups`.
+/// ports `fromPort..=toPort` (for ICMP: type and code; absent means all), from (ingress) or to
+/// (egress) `cidrs` or the addresses of every ENI in one of `groups`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SgRule {
@@ -75,6 +88,19 @@ pub struct SgRule {
     pub cidrs: Vec<Ipv4Net>,
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+impl SgRule {
+    /// EC2's default egress rule: all traffic to 0.0.0.0/0.
+    pub fn all_traffic() -> Self {
+        Self {
+            protocol: "-1".into(),
+            from_port: None,
+            to_port: None,
+            cidrs: vec![Ipv4Net::default()],
+            groups: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +143,9 @@ impl Scenario {
         }
         self.validate_subnets()?;
         unique("security group", self.security_groups.iter().map(|g| &g.id))?;
+        self.security_groups
+            .iter()
+            .try_for_each(|g| self.validate_group(g))?;
         unique("instance", self.instances.iter().map(|i| &i.id))?;
         self.instances
             .iter()
@@ -149,6 +178,32 @@ impl Scenario {
                 o.cidr.contains(&subnet.cidr.network()) || subnet.cidr.contains(&o.cidr.network())
             }) {
                 return invalid(format!("subnets {} and {} overlap", other.id, subnet.id));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_group(&self, group: &SecurityGroupSpec) -> Result<(), ScenarioError> {
+        let egress = group.egress.iter().flatten();
+        for (direction, rule) in group
+            .ingress
+            .iter()
+            .map(|r| ("ingress", r))
+            .chain(egress.map(|r| ("egress", r)))
+        {
+            let bad = |why: String| invalid(format!("group {} {direction} rule: {why}", group.id));
+            if let Err(e) = Match::parse(rule) {
+                return bad(e.to_string());
+            }
+            if rule.cidrs.is_empty() && rule.groups.is_empty() {
+                return bad(RuleError::NoPeer.to_string());
+            }
+            if let Some(g) = rule
+                .groups
+                .iter()
+                .find(|g| !self.security_groups.iter().any(|s| &&s.id == g))
+            {
+                return bad(format!("unknown security group {g}"));
             }
         }
         Ok(())
@@ -259,6 +314,31 @@ mod tests {
         let mut v = base();
         v["instances"][0]["securityGroups"] = serde_json::json!(["sg-9"]);
         assert!(check(v).unwrap_err().to_string().contains("sg-9"));
+    }
+
+    #[test]
+    fn rejects_bad_rules_and_fills_default_egress() {
+        let mut v = base();
+        v["securityGroups"][0]["ingress"][0]["protocol"] = "gre".into();
+        assert!(check(v).unwrap_err().to_string().contains("protocol"));
+
+        let mut v = base();
+        v["securityGroups"][0]["ingress"][0]["groups"] = serde_json::json!(["sg-9"]);
+        assert!(check(v).unwrap_err().to_string().contains("sg-9"));
+
+        let mut v = base();
+        v["securityGroups"][0]["egress"] = serde_json::json!([{"protocol": "tcp"}]);
+        assert!(check(v).unwrap_err().to_string().contains("no cidrs"));
+
+        let scenario: Scenario = serde_json::from_value(base()).unwrap();
+        assert_eq!(
+            scenario.security_groups[0].egress_rules(),
+            [SgRule::all_traffic()]
+        );
+        let mut v = base();
+        v["securityGroups"][0]["egress"] = serde_json::json!([]);
+        let scenario: Scenario = serde_json::from_value(v).unwrap();
+        assert!(scenario.security_groups[0].egress_rules().is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use super::control::{Calls, Fault, Faults};
 use super::ec2::{api, ids, xml, Ec2Error, Vpc};
-use super::fabric::{desired_ports, Fabric, FabricError};
+use super::fabric::{desired, Fabric, FabricError};
 use super::imds;
 use super::info::{SimInfo, IMDS_PORT, INSTANCE_EC2_PORT};
 use super::netns::{self, NetnsError};
@@ -57,6 +57,8 @@ pub struct Shared {
     fabric: Mutex<Fabric>,
     faults: Mutex<Faults>,
     calls: Mutex<Calls>,
+    /// Whether branch ENIs carry traffic (the kernel makes 802.1Q links).
+    vlan_datapath: bool,
 }
 
 struct Listeners {
@@ -93,6 +95,7 @@ pub fn run(opts: Options) -> Result<(), SimError> {
         .port();
     let info = SimInfo::new(&vpc, &fabric, ec2_port)?;
     let shared = Arc::new(Shared {
+        vlan_datapath: fabric.vlan_datapath(),
         vpc: Arc::new(Mutex::new(vpc)),
         fabric: Mutex::new(fabric),
         faults: Mutex::new(Faults::default()),
@@ -300,14 +303,14 @@ impl Shared {
         request_id: &str,
     ) -> Result<String, Ec2Error> {
         let mut fabric = self.fabric.lock().expect("fabric lock");
-        let (reply, ports) = {
+        let (reply, datapath) = {
             let mut vpc = self.vpc.lock().expect("vpc lock");
             let reply = api::dispatch(&mut vpc, params, request_id)?;
-            let ports = reply.changed.then(|| desired_ports(&vpc));
-            (reply, ports)
+            let datapath = reply.changed.then(|| desired(&vpc));
+            (reply, datapath)
         };
-        if let Some(ports) = ports {
-            fabric.sync(ports).map_err(|e| {
+        if let Some(datapath) = datapath {
+            fabric.sync(datapath).map_err(|e| {
                 tracing::error!(error = %e, "datapath update failed");
                 Ec2Error::internal(format!("datapath update failed: {e}"))
             })?;
@@ -350,5 +353,5 @@ async fn clear_faults(State(shared): State<Arc<Shared>>) -> StatusCode {
 
 async fn get_state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let vpc = shared.vpc.lock().expect("vpc lock");
-    Json(state::to_json(&vpc))
+    Json(state::to_json(&vpc, shared.vlan_datapath))
 }

@@ -2,9 +2,12 @@
 
 use serde_json::{json, Value};
 
-use super::ec2::model::{timestamp, Eni, Vpc};
+use super::ec2::model::{timestamp, Eni, TrunkAssociation, Vpc};
+use super::fabric::vlan_link_name;
 
-pub fn to_json(vpc: &Vpc) -> Value {
+/// `vlan_datapath` says whether branches carry traffic; each association then names the
+/// fabric's 802.1Q link of its branch (while its trunk is attached).
+pub fn to_json(vpc: &Vpc, vlan_datapath: bool) -> Value {
     let subnets: Vec<Value> = vpc
         .subnets
         .values()
@@ -39,6 +42,27 @@ pub fn to_json(vpc: &Vpc) -> Value {
         "subnets": subnets,
         "instances": instances,
         "enis": vpc.enis.values().map(eni_json).collect::<Vec<_>>(),
+        "trunkAssociations": vpc
+            .trunk_associations
+            .values()
+            .map(|a| association_json(vpc, a, vlan_datapath))
+            .collect::<Vec<_>>(),
+        "vlanDatapath": vlan_datapath,
+    })
+}
+
+fn association_json(vpc: &Vpc, a: &TrunkAssociation, vlan_datapath: bool) -> Value {
+    let carried = vlan_datapath
+        && vpc
+            .enis
+            .get(&a.trunk_eni)
+            .is_some_and(|t| t.attachment.is_some());
+    json!({
+        "id": a.id,
+        "trunkInterfaceId": a.trunk_eni,
+        "branchInterfaceId": a.branch_eni,
+        "vlanId": a.vlan_id,
+        "fabricLink": carried.then(|| vlan_link_name(&a.branch_eni)),
     })
 }
 
@@ -67,5 +91,6 @@ fn eni_json(eni: &Eni) -> Value {
         "sourceDestCheck": eni.source_dest_check,
         "tags": eni.tags,
         "attachment": attachment,
+        "trunkAssociationId": eni.association,
     })
 }

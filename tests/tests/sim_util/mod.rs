@@ -22,12 +22,13 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "vpc-sim tests need root (network namespaces, veth, nftables); run them as root"
+        "vpc-sim tests need root (network namespaces, veth, iptables-legacy); run them as root"
     );
 }
 
 /// The scenario most tests use: two subnets in us-west-2a, one in 2b; a t3.small node
-/// (3 ENIs, 4 addresses each), an m5.large node and a host in the other zone.
+/// (3 ENIs, 4 addresses each), an m5.large node and a host in the other zone. Both groups admit
+/// everything from the VPC, so security groups stay out of the way of these tests.
 pub fn scenario() -> Value {
     json!({
         "region": "us-west-2",
@@ -38,8 +39,10 @@ pub fn scenario() -> Value {
             {"id": "subnet-b", "cidr": "10.0.1.0/24", "az": "us-west-2b"}
         ],
         "securityGroups": [
-            {"id": "sg-0aaaaaaaaaaaaaaa1", "name": "nodes"},
-            {"id": "sg-0bbbbbbbbbbbbbbb1", "name": "db"}
+            {"id": "sg-0aaaaaaaaaaaaaaa1", "name": "nodes",
+             "ingress": [{"protocol": "-1", "cidrs": ["10.0.0.0/16"]}]},
+            {"id": "sg-0bbbbbbbbbbbbbbb1", "name": "db",
+             "ingress": [{"protocol": "-1", "cidrs": ["10.0.0.0/16"]}]}
         ],
         "instances": [
             {"id": "i-small", "type": "t3.small", "subnet": "subnet-a",
@@ -285,4 +288,20 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// Packets counted by the fabric's firewall rule carrying `comment` (iptables-legacy).
+pub fn fabric_counter(fabric_ns: &str, comment: &str) -> u64 {
+    let text = exec_ok(fabric_ns, &["iptables-legacy-save", "-c", "-t", "filter"]);
+    let needle = format!("--comment \"{comment}\"");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&needle))
+        .unwrap_or_else(|| panic!("no rule with comment {comment:?} in\n{text}"));
+    let counters = line.trim_start_matches('[').split(']').next().unwrap_or("");
+    counters
+        .split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet counter in {line:?}"))
 }

@@ -11,6 +11,7 @@ use super::ops::{Assign, CreateEni, EniAttribute};
 use super::page::{paginate, PageRule, DEFAULT_RULE};
 use super::query::{Params, API_VERSION};
 use super::render;
+use super::trunk::Associate;
 use super::xml::Xml;
 
 /// A successful answer and whether the call changed the VPC (so the datapath must follow).
@@ -34,6 +35,9 @@ pub const ACTIONS: &[&str] = &[
     "UnassignPrivateIpAddresses",
     "CreateTags",
     "DeleteTags",
+    "AssociateTrunkInterface",
+    "DescribeTrunkInterfaceAssociations",
+    "DisassociateTrunkInterface",
 ];
 
 pub fn dispatch(vpc: &mut Vpc, p: &Params, request_id: &str) -> Result<Reply, Ec2Error> {
@@ -60,6 +64,11 @@ pub fn dispatch(vpc: &mut Vpc, p: &Params, request_id: &str) -> Result<Reply, Ec
         "UnassignPrivateIpAddresses" => unassign_private_ips(&mut x, vpc, p).map(|_| true),
         "CreateTags" => create_tags(&mut x, vpc, p).map(|_| false),
         "DeleteTags" => delete_tags(&mut x, vpc, p).map(|_| false),
+        "AssociateTrunkInterface" => associate_trunk(&mut x, vpc, p).map(|_| true),
+        "DescribeTrunkInterfaceAssociations" => {
+            describe_trunk_associations(&mut x, vpc, p).map(|_| false)
+        }
+        "DisassociateTrunkInterface" => disassociate_trunk(&mut x, vpc, p).map(|_| true),
         other => Err(Ec2Error::new(
             "InvalidAction",
             format!("the action {other} is not valid for this web service"),
@@ -306,5 +315,52 @@ fn create_tags(x: &mut Xml, vpc: &mut Vpc, p: &Params) -> Result<(), Ec2Error> {
 fn delete_tags(x: &mut Xml, vpc: &mut Vpc, p: &Params) -> Result<(), Ec2Error> {
     vpc.delete_tags(&p.list("ResourceId"), &p.tags("Tag")?)?;
     x.leaf("return", true);
+    Ok(())
+}
+
+fn associate_trunk(x: &mut Xml, vpc: &mut Vpc, p: &Params) -> Result<(), Ec2Error> {
+    let req = Associate {
+        branch: p.required("BranchInterfaceId")?.to_string(),
+        trunk: p.required("TrunkInterfaceId")?.to_string(),
+        vlan_id: p.parsed("VlanId")?,
+        gre_key: p.parsed("GreKey")?,
+        client_token: p.get("ClientToken").map(str::to_string),
+    };
+    let association = vpc.associate_trunk(&req)?;
+    x.nest("interfaceAssociation", |x| {
+        render::trunk_association(x, &association)
+    });
+    x.leaf_opt("clientToken", req.client_token);
+    Ok(())
+}
+
+fn describe_trunk_associations(x: &mut Xml, vpc: &Vpc, p: &Params) -> Result<(), Ec2Error> {
+    let ids = p.list("AssociationId");
+    let found = vpc.describe_trunk_associations(&ids, &p.filters()?)?;
+    let rule = PageRule {
+        max: 255,
+        exclusive_with_ids: false,
+        ..DEFAULT_RULE
+    };
+    let page = paginate(
+        found,
+        |a| a.id.as_str(),
+        p.parsed("MaxResults")?,
+        p.get("NextToken"),
+        rule,
+        !ids.is_empty(),
+    )?;
+    x.set("interfaceAssociationSet", page.items, |x, a| {
+        render::trunk_association(x, a)
+    });
+    x.leaf_opt("nextToken", page.next_token);
+    Ok(())
+}
+
+fn disassociate_trunk(x: &mut Xml, vpc: &mut Vpc, p: &Params) -> Result<(), Ec2Error> {
+    let token = p.get("ClientToken");
+    vpc.disassociate_trunk(p.required("AssociationId")?, token)?;
+    x.leaf("return", true);
+    x.leaf_opt("clientToken", token);
     Ok(())
 }

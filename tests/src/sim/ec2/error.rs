@@ -79,6 +79,13 @@ impl Ec2Error {
         )
     }
 
+    pub fn association_not_found(id: impl Display) -> Self {
+        Self::new(
+            "InvalidAssociationID.NotFound",
+            format!("the association ID '{id}' does not exist"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new("InternalError", message)
     }

@@ -11,10 +11,13 @@ pub mod page;
 pub mod pool;
 pub mod query;
 pub mod render;
+pub mod trunk;
 pub mod xml;
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod trunk_tests;
 
 pub use error::Ec2Error;
 pub use model::Vpc;

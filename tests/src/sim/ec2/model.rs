@@ -109,6 +109,8 @@ pub struct Eni {
     pub tags: Tags,
     pub source_dest_check: bool,
     pub requester_managed: bool,
+    /// The trunk association that carries this ENI as a branch.
+    pub association: Option<String>,
 }
 
 impl Eni {
@@ -116,8 +118,9 @@ impl Eni {
         self.private_ips[0]
     }
 
+    /// A branch riding on a trunk is in use although it has no attachment of its own.
     pub fn status(&self) -> &'static str {
-        if self.attachment.is_some() {
+        if self.attachment.is_some() || self.association.is_some() {
             "in-use"
         } else {
             "available"
@@ -135,12 +138,15 @@ impl Eni {
 }
 
 /// A branch ENI riding on a trunk ENI with its VLAN (AssociateTrunkInterface).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrunkAssociation {
     pub id: String,
     pub trunk_eni: String,
     pub branch_eni: String,
     pub vlan_id: u16,
+    /// What the branch reported as its type before it became a branch, restored when the
+    /// association ends.
+    pub branch_type_before: InterfaceType,
 }
 
 #[derive(Debug)]
@@ -151,10 +157,15 @@ pub struct Vpc {
     pub tags: Tags,
     pub subnets: BTreeMap<String, Subnet>,
     pub groups: BTreeMap<String, SecurityGroup>,
+    /// The VPC's default security group, which EC2 gives ENIs and instances created without
+    /// one.
+    pub default_group: String,
     pub instances: BTreeMap<String, Instance>,
     pub enis: BTreeMap<String, Eni>,
-    // TODO: AssociateTrunkInterface and friends fill this; nothing does yet.
     pub trunk_associations: BTreeMap<String, TrunkAssociation>,
+    /// ClientToken of every AssociateTrunkInterface and DisassociateTrunkInterface served, so a
+    /// retried call gets the first answer.
+    pub(super) client_tokens: BTreeMap<String, super::trunk::TokenUse>,
     pub(super) ids: IdGen,
 }
 
@@ -187,9 +198,11 @@ impl Vpc {
             tags: Tags::new(),
             subnets: BTreeMap::new(),
             groups: BTreeMap::new(),
+            default_group: String::new(),
             instances: BTreeMap::new(),
             enis: BTreeMap::new(),
             trunk_associations: BTreeMap::new(),
+            client_tokens: BTreeMap::new(),
             ids: IdGen::new(scenario.seed),
         };
         for s in &scenario.subnets {
@@ -206,15 +219,42 @@ impl Vpc {
                 id: g.id.clone(),
                 name: g.name.clone(),
                 ingress: g.ingress.clone(),
-                egress: g.egress.clone(),
+                egress: g.egress_rules(),
                 tags: Tags::new(),
             };
             vpc.groups.insert(g.id.clone(), group);
         }
+        vpc.default_group = vpc.ensure_default_group();
         for spec in &scenario.instances {
             vpc.launch(spec)?;
         }
         Ok(vpc)
+    }
+
+    /// The group named "default" if the scenario has one, else one made like EC2 makes it:
+    /// everything in from its own members, everything out.
+    fn ensure_default_group(&mut self) -> String {
+        if let Some(g) = self.groups.values().find(|g| g.name == "default") {
+            return g.id.clone();
+        }
+        let mut id = format!("sg-{}", self.id.trim_start_matches("vpc-"));
+        while self.groups.contains_key(&id) {
+            id.push('0');
+        }
+        let from_members = SgRule {
+            groups: vec![id.clone()],
+            cidrs: Vec::new(),
+            ..SgRule::all_traffic()
+        };
+        let group = SecurityGroup {
+            id: id.clone(),
+            name: "default".into(),
+            ingress: vec![from_members],
+            egress: vec![SgRule::all_traffic()],
+            tags: Tags::new(),
+        };
+        self.groups.insert(id.clone(), group);
+        id
     }
 
     fn launch(&mut self, spec: &crate::sim::scenario::InstanceSpec) -> Result<(), Ec2Error> {
@@ -222,9 +262,14 @@ impl Vpc {
             Ec2Error::invalid_value(format!("unknown instance type {}", spec.instance_type))
         })?;
         let az = self.subnet(&spec.subnet)?.az.clone();
+        let groups = if spec.security_groups.is_empty() {
+            vec![self.default_group.clone()]
+        } else {
+            spec.security_groups.clone()
+        };
         let eni = self.create_eni(super::ops::CreateEni {
             subnet_id: spec.subnet.clone(),
-            groups: spec.security_groups.clone(),
+            groups: groups.clone(),
             primary_ip: spec.private_ip,
             ..Default::default()
         })?;
@@ -234,7 +279,7 @@ impl Vpc {
             itype,
             subnet_id: spec.subnet.clone(),
             az,
-            groups: spec.security_groups.clone(),
+            groups,
             role: spec.role,
             tags: spec.tags.clone(),
             launch_time: Utc::now(),

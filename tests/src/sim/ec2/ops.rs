@@ -60,8 +60,11 @@ pub enum EniAttribute {
 }
 
 impl Vpc {
-    pub fn create_eni(&mut self, req: CreateEni) -> Result<&Eni, Ec2Error> {
+    pub fn create_eni(&mut self, mut req: CreateEni) -> Result<&Eni, Ec2Error> {
         let az = self.subnet(&req.subnet_id)?.az.clone();
+        if req.groups.is_empty() {
+            req.groups = vec![self.default_group.clone()];
+        }
         self.check_groups(&req.groups)?;
         if req.secondary_count > 0 && req.prefix_count > 0 {
             return Err(Ec2Error::combination(
@@ -92,6 +95,7 @@ impl Vpc {
             tags: req.tags,
             source_dest_check: true,
             requester_managed: false,
+            association: None,
         };
         Ok(self.enis.entry(id).or_insert(eni))
     }
@@ -146,6 +150,7 @@ impl Vpc {
                 ),
             ));
         }
+        check_one_trunk(eni, &attached, instance_id)?;
         let index_taken = attached
             .iter()
             .filter_map(|e| e.attachment.as_ref())
@@ -159,11 +164,12 @@ impl Vpc {
         Ok(())
     }
 
-    /// Detaches and returns the ENI id. `force` is accepted; detaching is immediate here.
+    /// Detaches and returns the ENI id. `force` is accepted; detaching is immediate here. A
+    /// trunk leaves its branches behind: their associations end, as when its instance stops.
     pub fn detach(&mut self, attachment_id: &str, _force: bool) -> Result<String, Ec2Error> {
         let eni = self
             .enis
-            .values_mut()
+            .values()
             .find(|e| e.attachment.as_ref().is_some_and(|a| a.id == attachment_id))
             .ok_or_else(|| Ec2Error::attachment_not_found(attachment_id))?;
         if eni.attachment.as_ref().is_some_and(|a| a.device_index == 0) {
@@ -172,8 +178,10 @@ impl Vpc {
                 "the network interface at device index 0 cannot be detached",
             ));
         }
-        eni.attachment = None;
-        Ok(eni.id.clone())
+        let eni_id = eni.id.clone();
+        self.end_associations(&eni_id);
+        self.eni_mut(&eni_id)?.attachment = None;
+        Ok(eni_id)
     }
 
     pub fn delete_eni(&mut self, eni_id: &str) -> Result<(), Ec2Error> {
@@ -184,16 +192,9 @@ impl Vpc {
                 format!("network interface '{eni_id}' is currently in use"),
             ));
         }
-        if self
-            .trunk_associations
-            .values()
-            .any(|a| a.trunk_eni == eni_id || a.branch_eni == eni_id)
-        {
-            return Err(Ec2Error::new(
-                "DependencyViolation",
-                format!("network interface '{eni_id}' has trunk associations"),
-            ));
-        }
+        // EC2 deletes an associated branch without a DisassociateTrunkInterface first (the VPC
+        // resource controller relied on that for years); the association goes with it.
+        self.end_associations(eni_id);
         let eni = self.enis.remove(eni_id).expect("checked");
         let pool = &mut self
             .subnets
@@ -380,10 +381,11 @@ impl Vpc {
         }
     }
 
-    fn fresh_id(&mut self, prefix: &str) -> String {
+    pub(super) fn fresh_id(&mut self, prefix: &str) -> String {
         loop {
             let id = self.ids.resource_id(prefix);
             let taken = self.enis.contains_key(&id)
+                || self.trunk_associations.contains_key(&id)
                 || self
                     .enis
                     .values()
@@ -432,6 +434,19 @@ fn check_interface_fits(eni: &Eni, instance: &Instance) -> Result<(), Ec2Error> 
     }
     if eni.slots() > itype.ipv4_per_eni {
         return Err(limit_exceeded(eni.slots(), itype.ipv4_per_eni, eni_id));
+    }
+    Ok(())
+}
+
+/// An instance carries at most one trunk interface.
+fn check_one_trunk(eni: &Eni, attached: &[&Eni], instance_id: &str) -> Result<(), Ec2Error> {
+    let has_trunk = attached
+        .iter()
+        .any(|e| e.interface_type == InterfaceType::Trunk);
+    if eni.interface_type == InterfaceType::Trunk && has_trunk {
+        return Err(Ec2Error::invalid_value(format!(
+            "instance '{instance_id}' already has a trunk interface"
+        )));
     }
     Ok(())
 }

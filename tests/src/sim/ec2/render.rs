@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::instance_types::InstanceType;
-use super::model::{timestamp, Eni, Instance, Subnet, Tags, Vpc, OWNER_ID};
+use super::model::{timestamp, Eni, Instance, Subnet, Tags, TrunkAssociation, Vpc, OWNER_ID};
 use super::xml::Xml;
 
 /// `ip-10-0-0-10.us-west-2.compute.internal`, the private DNS name EC2 derives from an address.
@@ -216,4 +216,13 @@ fn network_info(x: &mut Xml, t: &InstanceType) {
         .leaf("enaSupport", "required")
         .leaf("efaSupported", false)
         .leaf("encryptionInTransitSupported", false);
+}
+
+/// A TrunkInterfaceAssociation; every association here uses the VLAN protocol.
+pub fn trunk_association(x: &mut Xml, a: &TrunkAssociation) {
+    x.leaf("associationId", &a.id)
+        .leaf("branchInterfaceId", &a.branch_eni)
+        .leaf("trunkInterfaceId", &a.trunk_eni)
+        .leaf("interfaceProtocol", "VLAN")
+        .leaf("vlanId", a.vlan_id);
 }
