@@ -38,11 +38,15 @@ fn pause_image() -> anyhow::Result<PathBuf> {
         .expect("target dir")
         .join("pause-image.tar");
     if !out.exists() {
+        // Built under a private name and renamed, so suites running at once never import a
+        // half-written tarball.
+        let partial = out.with_extension(format!("tar.{}", std::process::id()));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/containerd/pause-image.sh");
-        let st = Command::new("bash").arg(script).arg(&out).status()?;
+        let st = Command::new("bash").arg(script).arg(&partial).status()?;
         if !st.success() {
             bail!("building the pause image failed (needs gcc with static libc)");
         }
+        std::fs::rename(&partial, &out)?;
     }
     Ok(out)
 }
