@@ -320,23 +320,27 @@ fn eni_attached_before_a_crash_is_adopted() {
     let enis_before = node.ipamd.eni_ids().unwrap();
     node.vpc
         .inject_fault(
-            &serde_json::json!({"action": "AttachNetworkInterface", "delayMs": 4000, "times": 1}),
+            &serde_json::json!({"action": "ModifyNetworkInterfaceAttribute", "delayMs": 10000, "times": 1}),
         )
         .unwrap();
     // One pod makes the pool short of a whole ENI's worth of free addresses, so ipamd grows.
     let p = node.pod("grow", "c-grow").unwrap();
     node.add(&p.pod);
     harness::process::wait_for(
-        "ipamd to call AttachNetworkInterface",
+        "ipamd to attach the ENI and ask for delete-on-termination",
         Duration::from_secs(20),
         || {
             let calls = node.vpc.calls().ok()?;
-            (calls["AttachNetworkInterface"].as_i64().unwrap_or(0) > 0).then_some(())
+            (calls["ModifyNetworkInterfaceAttribute"]
+                .as_i64()
+                .unwrap_or(0)
+                > 0)
+            .then_some(())
         },
     )
     .unwrap();
+    // EC2 has attached the ENI; ipamd dies while the follow-up call is still in flight.
     node.ipamd.crash();
-    std::thread::sleep(Duration::from_secs(5));
     node.ipamd.restart().unwrap();
 
     let attached = node.vpc.attached_eni_ids(&node.instance.id).unwrap();
