@@ -112,6 +112,7 @@ async fn init_node(
     let loaded = file.load()?;
     let mut ds = Datastore::new(Box::new(file), config.ip_cooldown, config.prefix_delegation);
     for eni in &managed {
+        tag_adopted(&ec2, &config, &identity, eni).await;
         let info = eni_info(&imds, &identity, eni).await?;
         plumb(&host, &info).await?;
         ds.add_eni(info, SystemTime::now());
@@ -163,6 +164,25 @@ fn is_manageable(eni: &EniDescription) -> bool {
         .is_some_and(|v| v == "true");
     let special = matches!(eni.interface_type.as_str(), "trunk" | "efa" | "efa-only");
     !no_manage && !special
+}
+
+/// Puts ipamd's tags on a managed ENI that lacks them, as aws-node does. Best effort: an
+/// untagged ENI still works, it is only harder to attribute.
+async fn tag_adopted(ec2: &Ec2, config: &Config, identity: &Identity, eni: &EniDescription) {
+    let cluster = config.cluster_name.as_deref();
+    let missing = ec2::missing_tags(
+        &eni.tags,
+        &identity.instance_id,
+        cluster,
+        &config.additional_eni_tags,
+    );
+    if missing.is_empty() {
+        return;
+    }
+    match ec2.create_tags(&eni.id, &missing).await {
+        Ok(()) => tracing::info!(eni = %eni.id, tags = missing.len(), "tagged eni"),
+        Err(e) => tracing::warn!(eni = %eni.id, error = %e, "could not tag eni"),
+    }
 }
 
 async fn eni_info(

@@ -217,6 +217,25 @@ pub fn eni_tags(
     tags
 }
 
+/// Of the tags ipamd keeps on every ENI it manages, those `have` lacks or holds with
+/// another value. createdAt is left out: it marks ENIs ipamd created, not adopted ones.
+pub fn missing_tags(
+    have: &BTreeMap<String, String>,
+    instance_id: &str,
+    cluster_name: Option<&str>,
+    additional: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut want = eni_tags(
+        instance_id,
+        cluster_name,
+        additional,
+        SystemTime::UNIX_EPOCH,
+    );
+    want.remove(TAG_CREATED_AT);
+    want.retain(|k, v| have.get(k) != Some(v));
+    want
+}
+
 /// aws-node's description, which its leaked-ENI sweep looks for.
 pub fn eni_description(instance_id: &str) -> String {
     format!("aws-K8S-{instance_id}")
@@ -549,6 +568,26 @@ impl Ec2 {
         Ok(())
     }
 
+    pub async fn create_tags(
+        &self,
+        eni_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), Ec2Error> {
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        self.call("CreateTags", || {
+            self.client
+                .create_tags()
+                .resources(eni_id)
+                .set_tags(Some(tags.clone()))
+                .send()
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {
         self.call("DetachNetworkInterface", || {
             self.client
@@ -652,6 +691,19 @@ mod tests {
         let tags = eni_tags("i-0abc", None, &BTreeMap::new(), at);
         assert_eq!(tags.len(), 2, "no cluster tags without CLUSTER_NAME");
         assert_eq!(eni_description("i-0abc"), "aws-K8S-i-0abc");
+    }
+
+    #[test]
+    fn adopted_enis_get_only_the_tags_they_lack() {
+        let have = BTreeMap::from([
+            (TAG_INSTANCE_ID.to_string(), "i-0abc".to_string()),
+            (TAG_CLUSTER.to_string(), "old".to_string()),
+        ]);
+        let missing = missing_tags(&have, "i-0abc", Some("prod"), &BTreeMap::new());
+        let keys: Vec<&str> = missing.keys().map(String::as_str).collect();
+        assert_eq!(keys, vec![TAG_CLUSTER, TAG_OWNER]);
+        assert_eq!(missing[TAG_CLUSTER], "prod");
+        assert!(missing_tags(&have, "i-0abc", None, &BTreeMap::new()).is_empty());
     }
 
     #[test]
