@@ -11,7 +11,7 @@ pub const ANSWER: &str = "ok\n";
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
     #[error(
-        "refusing to listen on {0} in the machine's root network namespace; run it with ip netns exec, or bind a loopback address"
+        "refusing to listen on {0} outside a named network namespace; run it with ip netns exec, or bind a loopback address"
     )]
     RootNamespace(SocketAddr),
     #[error("listen on {0}: {1}")]
@@ -27,7 +27,7 @@ pub enum TcpError {
 /// Answers connections on `addr` until killed. Prints `listening <addr>` on stdout once bound,
 /// so a caller knows when to connect.
 pub fn listen(addr: SocketAddr) -> Result<(), TcpError> {
-    if !may_listen(addr, in_root_namespace()) {
+    if !may_listen(addr, in_named_namespace()) {
         return Err(TcpError::RootNamespace(addr));
     }
     let listener = TcpListener::bind(addr).map_err(|e| TcpError::Listen(addr, e))?;
@@ -68,19 +68,25 @@ pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<(), TcpError> {
     Ok(())
 }
 
-/// Whether this process shares the network namespace of PID 1 (the machine's own).
-fn in_root_namespace() -> bool {
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-    match (ns("self"), ns("1")) {
-        (Some(me), Some(init)) => me == init,
-        // Unknown: assume the worst.
-        _ => true,
-    }
+/// Whether this process runs in a named network namespace (one under /var/run/netns, as
+/// `ip netns exec` enters), compared by the namespace's inode.
+fn in_named_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let Ok(me) = std::fs::metadata("/proc/self/ns/net").map(id) else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|e| std::fs::metadata(e.path()).map(id).ok() == Some(me))
 }
 
 /// Servers stay off the machine's own interfaces: outside a test namespace only loopback.
-fn may_listen(addr: SocketAddr, in_root: bool) -> bool {
-    addr.ip().is_loopback() || !in_root
+fn may_listen(addr: SocketAddr, in_named_ns: bool) -> bool {
+    addr.ip().is_loopback() || in_named_ns
 }
 
 #[cfg(test)]
@@ -126,8 +132,8 @@ mod tests {
     fn listens_off_loopback_only_inside_a_test_namespace() {
         let any: SocketAddr = "0.0.0.0:3306".parse().unwrap();
         let lo: SocketAddr = "127.0.0.1:3306".parse().unwrap();
-        assert!(!may_listen(any, true));
-        assert!(may_listen(lo, true));
-        assert!(may_listen(any, false));
+        assert!(!may_listen(any, false));
+        assert!(may_listen(lo, false));
+        assert!(may_listen(any, true));
     }
 }

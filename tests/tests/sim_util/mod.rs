@@ -305,3 +305,53 @@ pub fn fabric_counter(fabric_ns: &str, comment: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no packet counter in {line:?}"))
 }
+
+/// A scenario from conf/examples, e.g. "vpc-sgp.json".
+pub fn example(name: &str) -> Value {
+    let path = format!("{}/../conf/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
+}
+
+/// `vpc-sim tcp-listen` running inside an instance's namespace until dropped.
+pub struct Listener {
+    child: Child,
+}
+
+impl Listener {
+    pub fn start(netns: &str, port: u16) -> Listener {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vpc-sim")])
+            .args(["tcp-listen", "--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vpc-sim tcp-listen");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("listener stdout");
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        assert!(
+            line.starts_with("listening "),
+            "tcp-listen on port {port} in {netns} did not start: {line:?}"
+        );
+        Listener { child }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `vpc-sim tcp-connect` from `netns` gets the listener's answer within `timeout_ms`.
+pub fn tcp_ok(netns: &str, target: &str, timeout_ms: u64) -> bool {
+    let timeout = timeout_ms.to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vpc-sim")])
+        .args(["tcp-connect", target, "--timeout-ms", &timeout])
+        .output()
+        .expect("run vpc-sim tcp-connect");
+    out.status.success()
+}
