@@ -98,35 +98,8 @@ async fn trunk_api_follows_ec2() {
         (NetworkInterfaceType::Branch, NetworkInterfaceStatus::InUse)
     );
 
-    // VLAN ids are unique per trunk and 802.1Q's 1..=4094.
     let (other, _) = create_eni(&ec2, POD_SUBNET, "sg-catalog", false).await;
-    let dup = ec2
-        .associate_trunk_interface()
-        .branch_interface_id(&other)
-        .trunk_interface_id(&trunk)
-        .vlan_id(5)
-        .send()
-        .await;
-    assert_eq!(code(dup), "InvalidVlanId.Duplicate");
-    for bad in [0, 4095] {
-        let r = ec2
-            .associate_trunk_interface()
-            .branch_interface_id(&other)
-            .trunk_interface_id(&trunk)
-            .vlan_id(bad)
-            .send()
-            .await;
-        assert_eq!(code(r), "InvalidParameterValue", "vlan {bad}");
-    }
-    // A branch already riding on the trunk cannot take a second VLAN.
-    let again = ec2
-        .associate_trunk_interface()
-        .branch_interface_id(&branch)
-        .trunk_interface_id(&trunk)
-        .vlan_id(6)
-        .send()
-        .await;
-    assert_eq!(code(again), "InvalidNetworkInterface.InUse");
+    refuses_taken_and_reserved_vlans(&ec2, &trunk, &branch, &other).await;
 
     // m5.large carries nine branches.
     let mut ids = vec![first.clone()];
@@ -168,6 +141,38 @@ async fn trunk_api_follows_ec2() {
     assert_eq!(code(gone), "InvalidAssociationID.NotFound");
     // The freed slot takes the branch that did not fit.
     associate(&ec2, &other, &trunk, 14).await;
+}
+
+/// VLAN ids are unique per trunk and within 802.1Q's 1..=4094 (`branch` holds VLAN 5), and a
+/// branch rides on one VLAN only.
+async fn refuses_taken_and_reserved_vlans(ec2: &Client, trunk: &str, branch: &str, other: &str) {
+    let dup = ec2
+        .associate_trunk_interface()
+        .branch_interface_id(other)
+        .trunk_interface_id(trunk)
+        .vlan_id(5)
+        .send()
+        .await;
+    assert_eq!(code(dup), "InvalidVlanId.Duplicate");
+    for bad in [0, 4095] {
+        let r = ec2
+            .associate_trunk_interface()
+            .branch_interface_id(other)
+            .trunk_interface_id(trunk)
+            .vlan_id(bad)
+            .send()
+            .await;
+        assert_eq!(code(r), "InvalidParameterValue", "vlan {bad}");
+    }
+    // A branch already riding on the trunk cannot take a second VLAN.
+    let again = ec2
+        .associate_trunk_interface()
+        .branch_interface_id(branch)
+        .trunk_interface_id(trunk)
+        .vlan_id(6)
+        .send()
+        .await;
+    assert_eq!(code(again), "InvalidNetworkInterface.InUse");
 }
 
 async fn describe_pages_and_filters(ec2: &Client, trunk: &str, branch: &str, ids: &[String]) {
@@ -314,7 +319,11 @@ async fn state_and_the_ec2_tool_show_associations() {
         sim.log()
     );
 
-    // The same call through `vpc-sim ec2`, as scripts make it.
+    ec2_tool_reads_the_association(&sim, &association, &branch);
+}
+
+/// The same call through `vpc-sim ec2`, as scripts make it, and an EC2 error through it.
+fn ec2_tool_reads_the_association(sim: &Sim, association: &str, branch: &str) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vpc-sim"))
         .args(["ec2", "--sim-json"])
         .arg(sim.sim_json())
