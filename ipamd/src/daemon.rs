@@ -18,6 +18,7 @@ use crate::datastore::{Datastore, EniInfo};
 use crate::ec2::{self, Ec2, Ec2Error, EniDescription, InstanceLimits};
 use crate::host::{Host, HostError, LinkWait};
 use crate::imds::{Identity, Imds, ImdsError};
+use crate::install::InstallConfig;
 use crate::introspection::{self, HttpError};
 use crate::manager::Manager;
 use crate::metrics::Metrics;
@@ -51,7 +52,7 @@ pub enum DaemonError {
     Signal(std::io::Error),
 }
 
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(config: Config, install: InstallConfig) -> Result<(), DaemonError> {
     for key in &config.ignored_eni_tags {
         tracing::warn!(key = %key, "ignoring ADDITIONAL_ENI_TAGS key reserved for ipamd");
     }
@@ -66,7 +67,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         _ = sigint.recv() => return Ok(()),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = start(node.clone(), ec2, host, stop_rx)?;
+    let mut tasks = start(node.clone(), ec2, host, stop_rx.clone())?;
+    tasks.spawn(crate::install::when_ready(node.clone(), install, stop_rx));
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("sigterm, shutting down"),
