@@ -68,7 +68,8 @@ pub async fn run(config: Config, install: InstallConfig) -> Result<(), DaemonErr
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = start(node.clone(), ec2, host, stop_rx.clone())?;
-    tasks.spawn(crate::install::when_ready(node.clone(), install, stop_rx));
+    // A one-shot job, not a server: it must not count as one that stopped on its own.
+    tokio::spawn(crate::install::when_ready(node.clone(), install, stop_rx));
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("sigterm, shutting down"),
