@@ -3,6 +3,8 @@
 
 use sha1::{Digest, Sha1};
 
+use crate::cni::netconf::SgEnforcingMode;
+
 /// Host veth prefix used when the network config names none.
 pub const DEFAULT_VETH_PREFIX: &str = "eni";
 
@@ -26,8 +28,29 @@ pub fn record_name(namespace: &str, name: &str) -> String {
 }
 
 /// Name of the VLAN sub-interface a branch-ENI pod uses on the trunk.
-pub fn vlan_link_name(vlan_id: u32) -> String {
+pub fn vlan_link_name(vlan_id: u16) -> String {
     format!("vlan.eth.{vlan_id}")
+}
+
+/// Host veth prefix of a branch-ENI pod. Strict mode uses "vlan", which matches neither the
+/// connmark nor the SNAT exemptions keyed on the configured prefix, so the pod's traffic is
+/// never source-NATed; standard mode uses the configured prefix and so gets SNAT like any pod.
+pub fn branch_veth_prefix(mode: SgEnforcingMode, configured: &str) -> &str {
+    match mode {
+        SgEnforcingMode::Strict => BRANCH_VETH_PREFIX,
+        SgEnforcingMode::Standard => configured,
+    }
+}
+
+/// The mode a branch-ENI pod was wired in, read back from its host veth name. Unambiguous:
+/// a configured prefix is at most 4 characters and never "vlan", and the hash after it is hex,
+/// so no other name starts with "vlan".
+pub fn branch_mode_of(host_veth: &str) -> SgEnforcingMode {
+    if host_veth.starts_with(BRANCH_VETH_PREFIX) {
+        SgEnforcingMode::Strict
+    } else {
+        SgEnforcingMode::Standard
+    }
 }
 
 fn pod_hash(namespace: &str, name: &str) -> String {
@@ -71,6 +94,33 @@ mod tests {
         let veth = host_veth_name("eni", "ns1", "pod-a");
         let record = record_name("ns1", "pod-a");
         assert_eq!(veth[3..], record[5..]);
+    }
+
+    #[test]
+    fn branch_pod_names_follow_the_mode() {
+        let strict = branch_veth_prefix(SgEnforcingMode::Strict, "eni");
+        let standard = branch_veth_prefix(SgEnforcingMode::Standard, "eni");
+        assert_eq!(host_veth_name(strict, "ns1", "api").len(), 15);
+        assert!(host_veth_name(strict, "ns1", "api").starts_with("vlan"));
+        assert!(host_veth_name(standard, "ns1", "api").starts_with("eni"));
+        assert_eq!(vlan_link_name(3), "vlan.eth.3");
+        assert_eq!(vlan_link_name(4094), "vlan.eth.4094");
+    }
+
+    #[test]
+    fn branch_mode_is_read_back_from_the_host_veth() {
+        for (prefix, mode) in [
+            ("eni", SgEnforcingMode::Standard),
+            ("vla", SgEnforcingMode::Standard),
+            ("v", SgEnforcingMode::Standard),
+        ] {
+            for pod in ["a", "b", "c", "api", "web-0"] {
+                let name = host_veth_name(branch_veth_prefix(mode, prefix), "ns", pod);
+                assert_eq!(branch_mode_of(&name), mode, "{name}");
+            }
+        }
+        let strict = host_veth_name(BRANCH_VETH_PREFIX, "ns", "api");
+        assert_eq!(branch_mode_of(&strict), SgEnforcingMode::Strict);
     }
 
     #[test]

@@ -22,8 +22,6 @@ pub mod code {
     pub const TEARDOWN: u32 = 102;
     /// CHECK found live state different from prevResult.
     pub const CHECK_MISMATCH: u32 = 103;
-    /// The attachment needs something this plugin does not do yet (branch-ENI pods).
-    pub const UNSUPPORTED: u32 = 104;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -10,9 +10,10 @@ use super::{ipamd_err, netlink_err, Error, Output};
 use crate::cni::result::{CniResult, Interface, IpConfig};
 use crate::cni::{CniEnv, NetConf, PodArgs};
 use crate::ipamd::IpamdClient;
-use crate::names::{host_veth_name, pod_identity, record_name};
-use crate::netlink::{Netlink, Netns};
-use crate::plumbing::{setup_pod, PodNetwork, Wired};
+use crate::names::{branch_veth_prefix, host_veth_name, pod_identity, record_name};
+use crate::netlink::{MacAddr, Netlink, Netns};
+use crate::plumbing::branch::{branch_table, subnet_gateway, vlan_id};
+use crate::plumbing::{setup_branch_pod, setup_pod, Branch, BranchNetwork, PodNetwork, Wired};
 
 /// Reason ipamd logs for a release caused by a failed ADD.
 const SETUP_FAILED: &str = "SetupNSFailed";
@@ -21,7 +22,33 @@ const SETUP_FAILED: &str = "SetupNSFailed";
 struct Allocation {
     ip: Ipv4Addr,
     device: i32,
+    /// The route table of the pod's egress: the ENI's, or 100 + VLAN for a branch ENI.
     table: u32,
+    branch: Option<Branch>,
+}
+
+/// How one pod is wired.
+enum Plan {
+    Regular { net: PodNetwork, device: i32 },
+    Branch(BranchNetwork),
+}
+
+impl Plan {
+    fn pod(&self) -> &PodNetwork {
+        match self {
+            Plan::Regular { net, .. } => net,
+            Plan::Branch(b) => &b.pod,
+        }
+    }
+
+    async fn wire(&self, sides: &Sides) -> Result<Wired, crate::plumbing::PlumbingError> {
+        match self {
+            Plan::Regular { net, .. } => {
+                setup_pod(&sides.host, &sides.pod, &sides.pod_netns, net).await
+            }
+            Plan::Branch(b) => setup_branch_pod(&sides.host, &sides.pod, &sides.pod_netns, b).await,
+        }
+    }
 }
 
 /// The pod's namespace and netlink connections on both sides, opened before anything is
@@ -47,17 +74,11 @@ pub(super) async fn add(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
         Ok(alloc) => alloc,
         Err(err) => return Err(release_after(&mut ipamd, env, conf, &args, err).await),
     };
-    tracing::info!(ip = %alloc.ip, table = alloc.table, eni = %reply.eniid, "address assigned");
+    let vlan = alloc.branch.map(|b| b.vlan);
+    tracing::info!(ip = %alloc.ip, table = alloc.table, ?vlan, eni = %reply.eniid, "address assigned");
 
-    let (namespace, name) = identity(env, &args);
-    let net = PodNetwork {
-        host_veth: host_veth_name(&conf.veth_prefix, namespace, name),
-        ifname: env.ifname.clone(),
-        ip: alloc.ip,
-        table: alloc.table,
-        mtu: conf.mtu,
-    };
-    let wired = match setup_pod(&sides.host, &sides.pod, &sides.pod_netns, &net).await {
+    let plan = plan(env, conf, &args, &alloc);
+    let wired = match plan.wire(&sides).await {
         Ok(wired) => wired,
         Err(source) => {
             let err = Error::Setup {
@@ -67,15 +88,33 @@ pub(super) async fn add(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
             return Err(release_after(&mut ipamd, env, conf, &args, err).await);
         }
     };
-    tracing::info!(host_veth = %net.host_veth, ip = %net.ip, "pod wired");
-    let ours = result(
-        env,
-        &net,
-        wired,
-        alloc.device,
-        &record_name(namespace, name),
-    );
+    tracing::info!(host_veth = %plan.pod().host_veth, ip = %alloc.ip, ?vlan, "pod wired");
+    let (namespace, name) = identity(env, &args);
+    let ours = result(env, &plan, wired, &record_name(namespace, name));
     Ok(Output::Result(merged(conf, ours).encode(conf.cni_version)))
+}
+
+/// Regular pods get the configured veth prefix; branch-ENI pods the one of their mode.
+fn plan(env: &CniEnv, conf: &NetConf, args: &PodArgs, alloc: &Allocation) -> Plan {
+    let (namespace, name) = identity(env, args);
+    let prefix = match alloc.branch {
+        Some(_) => branch_veth_prefix(conf.sg_mode, &conf.veth_prefix),
+        None => &conf.veth_prefix,
+    };
+    let net = PodNetwork {
+        host_veth: host_veth_name(prefix, namespace, name),
+        ifname: env.ifname.clone(),
+        ip: alloc.ip,
+        table: alloc.table,
+        mtu: conf.mtu,
+    };
+    match alloc.branch {
+        Some(branch) => Plan::Branch(BranchNetwork::new(net, branch, conf.sg_mode)),
+        None => Plan::Regular {
+            net,
+            device: alloc.device,
+        },
+    }
 }
 
 async fn open_sides(env: &CniEnv) -> Result<Sides, Error> {
@@ -141,23 +180,16 @@ fn add_request(env: &CniEnv, conf: &NetConf, args: &PodArgs) -> AddNetworkReques
 
 /// Turns ipamd's reply into an allocation, or the error to report after releasing it.
 fn accept(env: &CniEnv, reply: &AddNetworkReply) -> Result<Allocation, Error> {
-    let ifname = env.ifname.clone();
     if !reply.success {
         let reason = if reply.failure_reason.is_empty() {
             "no reason given".to_string()
         } else {
             reply.failure_reason.clone()
         };
-        return Err(Error::NoAddress { ifname, reason });
-    }
-    if reply.pod_vlan_id != 0 {
-        // TODO: branch-ENI (security groups for pods) wiring: VLAN link on the trunk,
-        // table 100+VLAN and iif rules. DEL already tears such pods down.
-        let reason = format!(
-            "branch ENI pods (vlan {}) are not supported yet",
-            reply.pod_vlan_id
-        );
-        return Err(Error::Unsupported { ifname, reason });
+        return Err(Error::NoAddress {
+            ifname: env.ifname.clone(),
+            reason,
+        });
     }
     let bad = |reason: String| Error::BadReply {
         ifname: env.ifname.clone(),
@@ -171,6 +203,15 @@ fn accept(env: &CniEnv, reply: &AddNetworkReply) -> Result<Allocation, Error> {
         .i_pv4_addr
         .parse()
         .map_err(|_| bad(format!("IPv4Addr {:?} is not an address", meta.i_pv4_addr)))?;
+    if reply.pod_vlan_id != 0 {
+        let branch = accept_branch(reply).map_err(bad)?;
+        return Ok(Allocation {
+            ip,
+            device: meta.device_number,
+            table: branch_table(branch.vlan),
+            branch: Some(branch),
+        });
+    }
     let table = u32::try_from(meta.route_table_id)
         .ok()
         .filter(|t| *t > 0 && *t != 255)
@@ -179,6 +220,28 @@ fn accept(env: &CniEnv, reply: &AddNetworkReply) -> Result<Allocation, Error> {
         ip,
         device: meta.device_number,
         table,
+        branch: None,
+    })
+}
+
+/// A branch-ENI reply: VLAN id, branch ENI MAC, subnet gateway and trunk link, all checked
+/// before any of them reaches the kernel.
+fn accept_branch(reply: &AddNetworkReply) -> Result<Branch, String> {
+    let vlan = vlan_id(i64::from(reply.pod_vlan_id)).map_err(|e| format!("PodVlanId: {e}"))?;
+    let eni_mac: MacAddr = reply
+        .pod_enimac
+        .parse()
+        .map_err(|_| format!("PodENIMAC {:?} is not a mac address", reply.pod_enimac))?;
+    let gateway = subnet_gateway(&reply.pod_eni_subnet_gw, &reply.subnet_cidr)?;
+    let parent = u32::try_from(reply.parent_if_index)
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| format!("ParentIfIndex {} is not a link", reply.parent_if_index))?;
+    Ok(Branch {
+        vlan,
+        eni_mac,
+        gateway,
+        parent,
     })
 }
 
@@ -215,37 +278,59 @@ async fn release_after(
 }
 
 /// The result in the layout aws-node uses, with real MACs: host veth, container interface,
-/// then a record whose sandbox holds the ENI device number (mac "0": not a branch pod).
-fn result(env: &CniEnv, net: &PodNetwork, wired: Wired, device: i32, record: &str) -> CniResult {
+/// then a record. A regular pod's record has mac "0" and the ENI device number as sandbox;
+/// a branch-ENI pod's has the VLAN id as mac (DEL tears the pod down from that alone), its
+/// address names the subnet gateway, and its VLAN link follows with the branch ENI's MAC.
+fn result(env: &CniEnv, plan: &Plan, wired: Wired, record: &str) -> CniResult {
+    let net = plan.pod();
     let sandbox = env
         .netns
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    CniResult {
-        interfaces: vec![
-            Interface {
-                name: net.host_veth.clone(),
-                mac: wired.host_mac.to_string(),
-                ..Default::default()
-            },
-            Interface {
-                name: net.ifname.clone(),
-                mac: wired.pod_mac.to_string(),
-                mtu: Some(net.mtu),
-                sandbox,
-                ..Default::default()
-            },
-            Interface {
+    let mut interfaces = vec![
+        Interface {
+            name: net.host_veth.clone(),
+            mac: wired.host_mac.to_string(),
+            ..Default::default()
+        },
+        Interface {
+            name: net.ifname.clone(),
+            mac: wired.pod_mac.to_string(),
+            mtu: Some(net.mtu),
+            sandbox,
+            ..Default::default()
+        },
+    ];
+    let gateway = match plan {
+        Plan::Regular { device, .. } => {
+            interfaces.push(Interface {
                 name: record.to_string(),
                 mac: "0".into(),
                 sandbox: device.to_string(),
                 ..Default::default()
-            },
-        ],
+            });
+            None
+        }
+        Plan::Branch(b) => {
+            interfaces.push(Interface {
+                name: record.to_string(),
+                mac: b.branch.vlan.to_string(),
+                ..Default::default()
+            });
+            interfaces.push(Interface {
+                name: b.vlan_link(),
+                mac: b.branch.eni_mac.to_string(),
+                ..Default::default()
+            });
+            Some(b.branch.gateway.into())
+        }
+    };
+    CniResult {
+        interfaces,
         ips: vec![IpConfig {
             address: IpNet::V4(Ipv4Net::from(net.ip)),
-            gateway: None,
+            gateway,
             interface: Some(1),
         }],
         ..Default::default()
@@ -261,5 +346,172 @@ fn merged(conf: &NetConf, ours: CniResult) -> CniResult {
             all
         }
         None => ours,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::netconf::SgEnforcingMode;
+    use crate::cni::{Command, Version};
+    use crate::commands::Recorded;
+    use vpc_cni_proto::IpAllocationMetadata;
+
+    fn env() -> CniEnv {
+        CniEnv {
+            command: Command::Add,
+            container_id: "c-1".into(),
+            netns: Some("/var/run/netns/p1".into()),
+            ifname: "eth0".into(),
+            args: String::new(),
+            path: Vec::new(),
+        }
+    }
+
+    fn branch_reply() -> AddNetworkReply {
+        AddNetworkReply {
+            success: true,
+            ip_allocation_metadata: vec![IpAllocationMetadata {
+                i_pv4_addr: "10.0.1.10".into(),
+                device_number: -1,
+                route_table_id: 0,
+                ..Default::default()
+            }],
+            pod_vlan_id: 3,
+            pod_enimac: "02:00:00:00:00:b1".into(),
+            pod_eni_subnet_gw: "10.0.1.1".into(),
+            parent_if_index: 4,
+            subnet_cidr: "10.0.1.0/24".into(),
+            ..Default::default()
+        }
+    }
+
+    fn reason(err: Error) -> String {
+        match err {
+            Error::BadReply { reason, .. } => reason,
+            other => panic!("expected a bad reply, got {other}"),
+        }
+    }
+
+    #[test]
+    fn branch_reply_is_accepted_without_an_eni_table() {
+        let alloc = accept(&env(), &branch_reply()).unwrap();
+        assert_eq!(alloc.table, 103);
+        let branch = alloc.branch.unwrap();
+        assert_eq!(branch.vlan, 3);
+        assert_eq!(branch.eni_mac.to_string(), "02:00:00:00:00:b1");
+        assert_eq!(branch.gateway.to_string(), "10.0.1.1");
+        assert_eq!(branch.parent, 4);
+
+        let derived = AddNetworkReply {
+            pod_eni_subnet_gw: String::new(),
+            ..branch_reply()
+        };
+        let gateway = accept(&env(), &derived).unwrap().branch.unwrap().gateway;
+        assert_eq!(gateway.to_string(), "10.0.1.1");
+    }
+
+    #[test]
+    fn unusable_branch_replies_name_the_field() {
+        type Spoil = fn(&mut AddNetworkReply);
+        let cases: [(Spoil, &str); 5] = [
+            (
+                |r| r.pod_vlan_id = 4095,
+                "PodVlanId: vlan id 4095 is outside 1-4094",
+            ),
+            (
+                |r| r.pod_vlan_id = -2,
+                "PodVlanId: vlan id -2 is outside 1-4094",
+            ),
+            (
+                |r| r.pod_enimac = "02:00".into(),
+                "PodENIMAC \"02:00\" is not a mac address",
+            ),
+            (|r| r.parent_if_index = 0, "ParentIfIndex 0 is not a link"),
+            (
+                |r| r.pod_eni_subnet_gw = "gw".into(),
+                "PodENISubnetGW \"gw\" is not an IPv4",
+            ),
+        ];
+        for (spoil, want) in cases {
+            let mut reply = branch_reply();
+            spoil(&mut reply);
+            let got = reason(accept(&env(), &reply).err().expect("refused"));
+            assert!(got.starts_with(want), "{got}");
+        }
+    }
+
+    #[test]
+    fn regular_reply_keeps_its_eni_table() {
+        let reply = AddNetworkReply {
+            pod_vlan_id: 0,
+            ip_allocation_metadata: vec![IpAllocationMetadata {
+                i_pv4_addr: "10.0.0.21".into(),
+                device_number: 2,
+                route_table_id: 3,
+                ..Default::default()
+            }],
+            ..branch_reply()
+        };
+        let alloc = accept(&env(), &reply).unwrap();
+        assert_eq!((alloc.table, alloc.device, alloc.branch), (3, 2, None));
+    }
+
+    fn wired() -> Wired {
+        Wired {
+            host_mac: "02:00:00:00:00:01".parse().unwrap(),
+            pod_mac: "0a:00:00:00:00:02".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn branch_result_round_trips_through_every_version() {
+        let alloc = accept(&env(), &branch_reply()).unwrap();
+        let conf = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"aws-cni"}"#).unwrap();
+        let args = PodArgs::parse("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=api").unwrap();
+        let plan = plan(&env(), &conf, &args, &alloc);
+        let veth = host_veth_name("vlan", "ns1", "api");
+        assert_eq!(plan.pod().host_veth, veth, "strict mode: vlan prefix");
+        let ours = result(&env(), &plan, wired(), &record_name("ns1", "api"));
+        for version in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            let json = ours.encode(version.parse().unwrap());
+            assert_eq!(json["interfaces"][2]["mac"], "3", "{version}");
+            assert!(json["interfaces"][2].get("sandbox").is_none(), "{version}");
+            assert_eq!(json["interfaces"][3]["name"], "vlan.eth.3");
+            assert_eq!(json["ips"][0]["gateway"], "10.0.1.1");
+            let (back, _) = CniResult::decode(&json, Version::new(1, 0, 0)).unwrap();
+            let rec = Recorded::find(&back, "eth0").unwrap();
+            assert_eq!(rec.vlan, Some(3), "{version}");
+            assert_eq!(rec.eni_mac(), Some("02:00:00:00:00:b1".parse().unwrap()));
+            assert_eq!(rec.gateway, Some("10.0.1.1".parse().unwrap()));
+            assert_eq!(rec.host_veth.unwrap().name, veth);
+            assert_eq!(rec.ips, ["10.0.1.10".parse::<Ipv4Addr>().unwrap()]);
+        }
+    }
+
+    #[test]
+    fn standard_mode_uses_the_configured_prefix_and_regular_pods_record_the_device() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"aws-cni","vethPrefix":"pod","podSGEnforcingMode":"standard"}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.sg_mode, SgEnforcingMode::Standard);
+        let args = PodArgs::parse("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=api").unwrap();
+        let branch = accept(&env(), &branch_reply()).unwrap();
+        let plan_b = plan(&env(), &conf, &args, &branch);
+        assert_eq!(plan_b.pod().host_veth, host_veth_name("pod", "ns1", "api"));
+
+        let regular = Allocation {
+            ip: "10.0.0.21".parse().unwrap(),
+            device: 2,
+            table: 3,
+            branch: None,
+        };
+        let plan_r = plan(&env(), &conf, &args, &regular);
+        let json = result(&env(), &plan_r, wired(), "dummyabc").encode(Version::new(1, 0, 0));
+        assert_eq!(json["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(json["interfaces"][2]["mac"], "0");
+        assert_eq!(json["interfaces"][2]["sandbox"], "2");
+        assert!(json["ips"][0].get("gateway").is_none());
     }
 }

@@ -14,6 +14,7 @@ use crate::cni::{CniEnv, NetConf, PodArgs};
 use crate::ipamd::IpamdClient;
 use crate::names::{host_veth_name, BRANCH_VETH_PREFIX};
 use crate::netlink::{Netlink, Netns};
+use crate::plumbing::branch::vlan_id;
 use crate::plumbing::{delete_pod_link, teardown_host, HostTeardown, PlumbingError, PodAddress};
 
 const POD_DELETED: &str = "PodDeleted";
@@ -27,39 +28,22 @@ pub(super) async fn del(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
         .prev_result
         .as_ref()
         .and_then(|r| Recorded::find(r, &env.ifname));
-    let host = Netlink::current().map_err(netlink_err("open host netlink"))?;
-    let mut plan = HostTeardown {
-        host_veths: host_veth_candidates(env, conf, &args, recorded.as_ref()),
-        addresses: Vec::new(),
-    };
-
-    // A branch-ENI pod's ENI belongs to the VPC resource controller, not to ipamd: its
-    // prevResult has all that is needed, so ipamd is not asked.
-    let mut refused = None;
-    if let Some(rec) = recorded.as_ref().filter(|r| r.vlan != 0) {
-        plan.addresses = addresses(&rec.ips, Some(rec.vlan));
-    } else {
-        match release(env, conf, &args).await {
-            Ok(reply) => {
-                plan.addresses = from_reply(&reply);
-                if !reply.success {
-                    refused = Some("ipamd answered Success=false".to_string());
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "ipamd unavailable, cleaning up from prevResult")
-            }
-        }
-        if plan.addresses.is_empty() {
-            plan.addresses = addresses(recorded.as_ref().map_or(&[][..], |r| &r.ips), None);
-        }
+    if let Some(error) = recorded.as_ref().and_then(|r| r.vlan_error.as_ref()) {
+        tracing::warn!(%error, "prevResult record unreadable, asking ipamd");
     }
+    let host = Netlink::current().map_err(netlink_err("open host netlink"))?;
 
+    let (mut pod_addresses, refused) = release_or_recall(env, conf, &args, recorded.as_ref()).await;
     let mut errors = Vec::new();
     let pod_ips = clean_pod_side(env, &mut errors).await;
-    if plan.addresses.is_empty() {
-        plan.addresses = addresses(&pod_ips, None);
+    if pod_addresses.is_empty() {
+        pod_addresses = addresses(&pod_ips, None);
     }
+    let branch = pod_addresses.iter().any(|a| a.vlan.is_some());
+    let plan = HostTeardown {
+        host_veths: host_veth_candidates(env, conf, &args, recorded.as_ref(), branch),
+        addresses: pod_addresses,
+    };
     if let Err(e) = teardown_host(&host, &plan).await {
         errors.push(e);
     }
@@ -67,17 +51,49 @@ pub(super) async fn del(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
     finish(env, errors, refused)
 }
 
-/// The host veth may be named after the pod (default prefix or the configured one) or be
-/// listed in prevResult; every candidate is tried, a missing one is no error.
+/// The addresses to clean up and, when ipamd refused the release, why. A branch-ENI pod's
+/// ENI belongs to the VPC resource controller, not to ipamd: its prevResult has all that is
+/// needed, so ipamd is not asked. Otherwise ipamd's answer wins and prevResult stands in when
+/// ipamd is away or knows nothing.
+async fn release_or_recall(
+    env: &CniEnv,
+    conf: &NetConf,
+    args: &PodArgs,
+    recorded: Option<&Recorded>,
+) -> (Vec<PodAddress>, Option<String>) {
+    if let Some((rec, vlan)) = recorded.and_then(|r| Some((r, r.vlan?))) {
+        return (addresses(&rec.ips, Some(vlan)), None);
+    }
+    let mut refused = None;
+    let mut found = Vec::new();
+    match release(env, conf, args).await {
+        Ok(reply) => {
+            found = from_reply(&reply);
+            if !reply.success {
+                refused = Some("ipamd answered Success=false".to_string());
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "ipamd unavailable, cleaning up from prevResult"),
+    }
+    if found.is_empty() {
+        found = addresses(recorded.map_or(&[][..], |r| &r.ips), None);
+    }
+    (found, refused)
+}
+
+/// The host veth may be named after the pod (the configured prefix, or "vlan" for a
+/// branch-ENI pod in strict mode) or be listed in prevResult; every candidate is tried, a
+/// missing one is no error.
 fn host_veth_candidates(
     env: &CniEnv,
     conf: &NetConf,
     args: &PodArgs,
     recorded: Option<&Recorded>,
+    branch: bool,
 ) -> Vec<String> {
     let (namespace, name) = identity(env, args);
     let mut names = vec![host_veth_name(&conf.veth_prefix, namespace, name)];
-    if recorded.is_some_and(|r| r.vlan != 0) {
+    if branch {
         names.push(host_veth_name(BRANCH_VETH_PREFIX, namespace, name));
     }
     if let Some(host) = recorded.and_then(|r| r.host_veth.as_ref()) {
@@ -118,7 +134,12 @@ async fn release(
 }
 
 fn from_reply(reply: &DelNetworkReply) -> Vec<PodAddress> {
-    let vlan = u32::try_from(reply.pod_vlan_id).ok().filter(|v| *v != 0);
+    let vlan = match reply.pod_vlan_id {
+        0 => None,
+        raw => vlan_id(i64::from(raw))
+            .inspect_err(|e| tracing::warn!(error = %e, "ipamd named an unusable vlan"))
+            .ok(),
+    };
     reply
         .ip_allocation_metadata
         .iter()
@@ -127,7 +148,7 @@ fn from_reply(reply: &DelNetworkReply) -> Vec<PodAddress> {
         .collect()
 }
 
-fn addresses(ips: &[Ipv4Addr], vlan: Option<u32>) -> Vec<PodAddress> {
+fn addresses(ips: &[Ipv4Addr], vlan: Option<u16>) -> Vec<PodAddress> {
     ips.iter().map(|ip| PodAddress { ip: *ip, vlan }).collect()
 }
 

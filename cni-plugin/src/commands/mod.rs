@@ -74,8 +74,6 @@ pub enum Error {
     NoAddress { ifname: String, reason: String },
     #[error("add pod {ifname}: ipamd reply unusable: {reason}")]
     BadReply { ifname: String, reason: String },
-    #[error("add pod {ifname}: {reason}")]
-    Unsupported { ifname: String, reason: String },
     #[error("add pod {ifname}: {source}")]
     Setup {
         ifname: String,
@@ -124,7 +122,6 @@ impl Error {
             Error::Teardown { .. } => code::TEARDOWN,
             Error::Mismatch { .. } => code::CHECK_MISMATCH,
             Error::NotReady(_) => code::NOT_AVAILABLE,
-            Error::Unsupported { .. } => code::UNSUPPORTED,
         }
     }
 
@@ -140,7 +137,6 @@ impl Error {
             Error::ReleaseRefused { .. } => "del cmd: failed to process delete request",
             Error::Mismatch { .. } => "check cmd: pod network differs from prevResult",
             Error::NotReady(_) => "plugin not ready: ipamd cannot serve an ADD now",
-            Error::Unsupported { .. } => "add cmd: unsupported attachment",
             _ => return None,
         })
     }

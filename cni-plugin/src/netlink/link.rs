@@ -4,11 +4,12 @@ use std::fmt;
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
 
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan};
 
 use super::{gone_ok, Netlink, NetlinkError, Netns};
 
@@ -77,8 +78,10 @@ pub struct Link {
     pub up: bool,
     /// "veth", "macvlan", ...; None for links without rtnl_link_ops (physical, lo).
     pub kind: Option<String>,
-    /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
-    pub peer_index: Option<u32>,
+    /// IFLA_LINK: a veth's peer (its index in the peer's namespace), a VLAN link's parent.
+    pub link_index: Option<u32>,
+    /// The 802.1Q id of a VLAN link.
+    pub vlan_id: Option<u16>,
 }
 
 impl Link {
@@ -90,15 +93,19 @@ impl Link {
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
-            peer_index: None,
+            link_index: None,
+            vlan_id: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Address(bytes) => link.mac = MacAddr::from_slice(bytes),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
-                LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
-                LinkAttribute::LinkInfo(infos) => link.kind = kind_of(infos),
+                LinkAttribute::Link(index) => link.link_index = Some(*index),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = kind_of(infos);
+                    link.vlan_id = vlan_id_of(infos);
+                }
                 _ => {}
             }
         }
@@ -113,6 +120,16 @@ fn kind_of(infos: &[LinkInfo]) -> Option<String> {
     })
 }
 
+fn vlan_id_of(infos: &[LinkInfo]) -> Option<u16> {
+    infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Vlan(data)) => data.iter().find_map(|d| match d {
+            InfoVlan::Id(id) => Some(*id),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
 /// A veth pair created in one request: `name` here, `peer_name` directly in `peer_netns`.
 #[derive(Debug)]
 pub struct VethPair<'a> {
@@ -121,6 +138,15 @@ pub struct VethPair<'a> {
     pub mtu: u32,
     pub peer_name: &'a str,
     pub peer_netns: &'a Netns,
+}
+
+/// An 802.1Q sub-interface of `parent`, with its own MAC.
+#[derive(Debug, Clone, Copy)]
+pub struct VlanLink<'a> {
+    pub name: &'a str,
+    pub parent: u32,
+    pub id: u16,
+    pub mac: MacAddr,
 }
 
 impl Netlink {
@@ -186,8 +212,24 @@ impl Netlink {
             builder = builder.address(mac.0.to_vec());
         }
         let op = || format!("create veth {} (peer {})", pair.name, pair.peer_name);
-        let flags = rtnetlink::packet_core::NLM_F_CREATE | rtnetlink::packet_core::NLM_F_EXCL;
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
         self.request(op, RouteNetlinkMessage::NewLink(builder.build()), flags)
+            .await
+    }
+
+    /// `ip link add link PARENT name NAME address MAC type vlan id ID` (created down)
+    pub async fn create_vlan(&self, vlan: &VlanLink<'_>) -> Result<(), NetlinkError> {
+        let msg = LinkVlan::new(vlan.name, vlan.parent, vlan.id)
+            .address(vlan.mac.0.to_vec())
+            .build();
+        let op = || {
+            format!(
+                "create vlan {} (id {}, parent #{})",
+                vlan.name, vlan.id, vlan.parent
+            )
+        };
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
+        self.request(op, RouteNetlinkMessage::NewLink(msg), flags)
             .await
     }
 

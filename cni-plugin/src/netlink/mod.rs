@@ -29,7 +29,7 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::Handle;
 
 pub use addr::Address;
-pub use link::{Link, MacAddr, VethPair};
+pub use link::{Link, MacAddr, VethPair, VlanLink};
 pub use neigh::{Neighbour, NeighbourState};
 pub use netns::{Netns, NetnsError};
 pub use route::{Route, RouteScope, RT_TABLE_MAIN};

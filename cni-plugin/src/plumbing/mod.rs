@@ -6,7 +6,10 @@
 //!   `default via 169.254.1.1 dev <ifname>`, permanent neighbour 169.254.1.1 → host veth MAC;
 //! - node: `<ip>/32 dev <host veth> scope link` in main, rule 512 `to <ip> lookup main`, and
 //!   rule 1536 `from <ip> lookup <ENI table>` when the address lives on a secondary ENI.
+//!
+//! Branch-ENI pods share the pod side and differ on the node; see [`branch`].
 
+pub mod branch;
 mod check;
 mod setup;
 mod sysctl;
@@ -18,7 +21,8 @@ use ipnet::{IpNet, Ipv4Net};
 
 use crate::netlink::{MacAddr, NetlinkError, NetnsError};
 
-pub use check::{check_pod, Expected};
+pub use branch::{setup_branch_pod, Branch, BranchNetwork};
+pub use check::{check_branch_pod, check_pod, Expected, ExpectedBranch};
 pub use setup::{setup_pod, Wired};
 pub use teardown::{delete_pod_link, teardown_host, HostTeardown, PodAddress};
 
@@ -33,7 +37,7 @@ pub const BRANCH_IIF_RULE_PRIORITY: u32 = 10;
 /// Branch-ENI route tables are 100 + VLAN id.
 pub const BRANCH_TABLE_BASE: u32 = 100;
 
-/// What ADD wires for one regular pod.
+/// What ADD wires for one regular pod (and the veth part of a branch-ENI pod).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodNetwork {
     pub host_veth: String,

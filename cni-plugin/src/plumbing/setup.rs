@@ -1,4 +1,4 @@
-//! ADD's kernel work for a regular pod.
+//! ADD's kernel work for a regular pod, and the veth part every pod shares.
 
 use super::teardown::{teardown_host, HostTeardown, PodAddress};
 use super::{collides, gateway, host_net, sysctl, PlumbingError, PodNetwork, Step};
@@ -47,6 +47,19 @@ async fn wire(
     pod_netns: &Netns,
     net: &PodNetwork,
 ) -> Result<Wired, PlumbingError> {
+    let (host_index, wired) = wire_veth(host, pod, pod_netns, net).await?;
+    wire_host_side(host, net, host_index).await?;
+    Ok(wired)
+}
+
+/// The part every pod shares: the veth pair, its host end up, and the pod side complete
+/// (address, gateway routes, permanent neighbour). Returns the host end's index.
+pub(super) async fn wire_veth(
+    host: &Netlink,
+    pod: &Netlink,
+    pod_netns: &Netns,
+    net: &PodNetwork,
+) -> Result<(u32, Wired), PlumbingError> {
     // A pod re-created under the same namespace/name gets the same host veth name; a link
     // left from its predecessor would make the create fail.
     if host
@@ -69,10 +82,9 @@ async fn wire(
         .step(|| "create veth".into())?;
     tracing::debug!(host_veth = %net.host_veth, %host_mac, "veth created");
 
-    let host_index = bring_up_host_end(host, net).await?;
+    let host_index = bring_up(host, &net.host_veth).await?;
     let pod_mac = wire_pod_side(pod, net, host_mac).await?;
-    wire_host_side(host, net, host_index).await?;
-    Ok(Wired { host_mac, pod_mac })
+    Ok((host_index, Wired { host_mac, pod_mac }))
 }
 
 async fn free_mac(host: &Netlink) -> Result<MacAddr, PlumbingError> {
@@ -85,17 +97,17 @@ async fn free_mac(host: &Netlink) -> Result<MacAddr, PlumbingError> {
 }
 
 /// Sysctls first, then up: IPv6 settings must be in place before the link starts
-/// processing router advertisements.
-async fn bring_up_host_end(host: &Netlink, net: &PodNetwork) -> Result<u32, PlumbingError> {
-    sysctl::tune_host_veth(host.netns().map(|n| n.as_ref()), &net.host_veth)?;
+/// processing router advertisements. Returns the link's index.
+pub(super) async fn bring_up(host: &Netlink, name: &str) -> Result<u32, PlumbingError> {
+    sysctl::tune_host_link(host.netns().map(|n| n.as_ref()), name)?;
     let link = host
-        .link_by_name(&net.host_veth)
+        .link_by_name(name)
         .await
-        .step(|| format!("find host veth {}", net.host_veth))?
-        .ok_or_else(|| PlumbingError::Mismatch(format!("host veth {} vanished", net.host_veth)))?;
+        .step(|| format!("find {name}"))?
+        .ok_or_else(|| PlumbingError::Mismatch(format!("{name} vanished")))?;
     host.set_link_up(link.index)
         .await
-        .step(|| format!("set {} up", net.host_veth))?;
+        .step(|| format!("set {name} up"))?;
     Ok(link.index)
 }
 

@@ -6,10 +6,10 @@ use std::io;
 use super::PlumbingError;
 use crate::netlink::Netns;
 
-/// The host veth settings aws-node applies before bringing the link up: no router
-/// advertisements, accept redirects, no IPv6 forwarding. Missing files (IPv6 disabled on the
-/// node) are skipped.
-pub(super) fn tune_host_veth(netns: Option<&Netns>, link: &str) -> Result<(), PlumbingError> {
+/// The settings aws-node applies to host veths and VLAN links before bringing them up: no
+/// router advertisements, accept redirects, no IPv6 forwarding. Missing files (IPv6 disabled
+/// on the node) are skipped.
+pub(super) fn tune_host_link(netns: Option<&Netns>, link: &str) -> Result<(), PlumbingError> {
     let settings = [
         ("accept_ra", "0"),
         ("accept_redirects", "1"),
