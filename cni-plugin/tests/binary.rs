@@ -4,121 +4,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use common::cni::{
+    conf, err_code, ok, plugin, pod_a_veth, silent_ok, with_prev, Pod, KUBELET_ARGS,
+};
 use common::server::TestIpamd;
 use common::{rules_with_priority, TestNetns};
 use serde_json::{json, Value};
-
-const KUBELET_ARGS: &str = "K8S_POD_UID=uid-a;IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;\
-                            K8S_POD_NAME=pod-a;K8S_POD_INFRA_CONTAINER_ID=c-aaaa";
-/// host_veth_name("eni", "ns1", "pod-a")
-fn pod_a_veth() -> String {
-    vpc_cni::names::host_veth_name("eni", "ns1", "pod-a")
-}
-
-struct Out {
-    code: i32,
-    json: Option<Value>,
-    stderr: String,
-}
-
-/// One plugin run: `ip netns exec NODE vpc-cni` with the given CNI_* variables.
-fn plugin(node: &TestNetns, vars: &[(&str, &str)], conf: &Value) -> Out {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_vpc-cni")])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("run vpc-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json = match stdout.trim() {
-        "" => None,
-        text => Some(
-            serde_json::from_str(text)
-                .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {text}")),
-        ),
-    };
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        json,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-struct Pod<'a> {
-    node: &'a TestNetns,
-    netns: String,
-    container_id: String,
-    args: String,
-}
-
-impl Pod<'_> {
-    fn vars<'b>(&'b self, command: &'b str) -> Vec<(&'b str, &'b str)> {
-        vec![
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", &self.container_id),
-            ("CNI_NETNS", &self.netns),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/opt/cni/bin"),
-            ("CNI_ARGS", &self.args),
-        ]
-    }
-
-    fn run(&self, command: &str, conf: &Value) -> Out {
-        plugin(self.node, &self.vars(command), conf)
-    }
-}
-
-fn conf(version: &str, ipamd: &TestIpamd) -> Value {
-    json!({"cniVersion": version, "name": "aws-cni", "type": "vpc-cni", "mtu": "9001",
-           "vethPrefix": "eni", "podSGEnforcingMode": "strict",
-           "ipamdSocket": ipamd.socket.to_str().unwrap(), "pluginLogLevel": "debug"})
-}
-
-fn with_prev(mut conf: Value, prev: &Value) -> Value {
-    conf["prevResult"] = prev.clone();
-    conf
-}
-
-fn ok(out: &Out) -> &Value {
-    assert_eq!(
-        out.code, 0,
-        "plugin failed: {:?}\nstderr: {}",
-        out.json, out.stderr
-    );
-    out.json.as_ref().expect("a result on stdout")
-}
-
-fn silent_ok(out: &Out) {
-    assert_eq!(
-        out.code, 0,
-        "plugin failed: {:?}\nstderr: {}",
-        out.json, out.stderr
-    );
-    assert!(out.json.is_none(), "expected no output, got {:?}", out.json);
-}
-
-fn err_code(out: &Out) -> u64 {
-    assert_ne!(out.code, 0, "expected failure, got {:?}", out.json);
-    let json = out.json.as_ref().expect("an error object on stdout");
-    assert!(json["msg"].is_string(), "{json}");
-    assert!(json["cniVersion"].is_string(), "{json}");
-    json["code"].as_u64().unwrap()
-}
 
 fn assert_node_clean(node: &TestNetns, veth: &str) {
     assert!(node.link(veth).is_none(), "host veth {veth} left");

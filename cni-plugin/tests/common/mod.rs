@@ -120,4 +120,5 @@ pub fn rules_with_priority(rules: &[Value], prio: u64) -> Vec<Value> {
         .collect()
 }
 
+pub mod cni;
 pub mod server;

@@ -32,6 +32,17 @@ pub enum Call {
 
 type Key = (String, String, String);
 
+/// What a branch-ENI answer carries besides the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchAnswer {
+    pub vlan: i32,
+    pub eni_mac: String,
+    /// PodENISubnetGW; empty leaves the plugin to derive it from `subnet`.
+    pub gateway: String,
+    pub parent_index: i32,
+    pub subnet: String,
+}
+
 pub struct State {
     pub pool: Vec<Ipv4Addr>,
     pub allocations: HashMap<Key, Alloc>,
@@ -41,6 +52,8 @@ pub struct State {
     pub table: i32,
     pub expect_version: String,
     pub on_add: Option<Box<dyn Fn() + Send>>,
+    /// When set, AddNetwork answers as for a pod with a branch ENI.
+    pub branch: Option<BranchAnswer>,
 }
 
 #[derive(Clone)]
@@ -66,6 +79,7 @@ impl TestIpamd {
             table: 3,
             expect_version: CONTRACT_VERSION.to_string(),
             on_add: None,
+            branch: None,
         }));
         let mut me = TestIpamd {
             socket: dir.path().join("ipamd.sock"),
@@ -161,6 +175,27 @@ fn serve(
     });
 }
 
+/// As ipamd answers for a branch ENI: the address is the branch's, on no device of the node.
+fn branch_reply(ip: Ipv4Addr, b: BranchAnswer) -> AddNetworkReply {
+    AddNetworkReply {
+        success: true,
+        ip_allocation_metadata: vec![IpAllocationMetadata {
+            i_pv4_addr: ip.to_string(),
+            device_number: -1,
+            route_table_id: 0,
+            ..Default::default()
+        }],
+        vp_cv4_cid_rs: vec!["10.0.0.0/16".into()],
+        pod_vlan_id: b.vlan,
+        pod_enimac: b.eni_mac,
+        pod_eni_subnet_gw: b.gateway,
+        parent_if_index: b.parent_index,
+        eniid: "eni-0branch".into(),
+        subnet_cidr: b.subnet,
+        ..Default::default()
+    }
+}
+
 impl Backend {
     fn version(&self, got: &str) -> Result<(), Status> {
         let want = self.0.lock().unwrap().expect_version.clone();
@@ -226,13 +261,17 @@ impl CniBackend for Backend {
                 ..Default::default()
             }));
         };
-        Ok(Response::new(AddNetworkReply {
-            success: true,
-            ip_allocation_metadata: vec![self.meta(ip)],
-            vp_cv4_cid_rs: vec!["10.0.0.0/16".into()],
-            eniid: "eni-0test".into(),
-            subnet_cidr: "10.0.0.0/24".into(),
-            ..Default::default()
+        let branch = self.0.lock().unwrap().branch.clone();
+        Ok(Response::new(match branch {
+            None => AddNetworkReply {
+                success: true,
+                ip_allocation_metadata: vec![self.meta(ip)],
+                vp_cv4_cid_rs: vec!["10.0.0.0/16".into()],
+                eniid: "eni-0test".into(),
+                subnet_cidr: "10.0.0.0/24".into(),
+                ..Default::default()
+            },
+            Some(b) => branch_reply(ip, b),
         }))
     }
 
