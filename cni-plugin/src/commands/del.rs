@@ -52,9 +52,10 @@ pub(super) async fn del(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
 }
 
 /// The addresses to clean up and, when ipamd refused the release, why. A branch-ENI pod's
-/// ENI belongs to the VPC resource controller, not to ipamd: its prevResult has all that is
-/// needed, so ipamd is not asked. Otherwise ipamd's answer wins and prevResult stands in when
-/// ipamd is away or knows nothing.
+/// prevResult has all the host teardown needs, so its DEL never depends on ipamd: ipamd is
+/// told (so the branch goes back to its warm pool) but its absence or refusal changes
+/// nothing. Otherwise ipamd's answer wins and prevResult stands in when ipamd is away or
+/// knows nothing.
 async fn release_or_recall(
     env: &CniEnv,
     conf: &NetConf,
@@ -62,6 +63,16 @@ async fn release_or_recall(
     recorded: Option<&Recorded>,
 ) -> (Vec<PodAddress>, Option<String>) {
     if let Some((rec, vlan)) = recorded.and_then(|r| Some((r, r.vlan?))) {
+        match release(env, conf, args).await {
+            Ok(reply) if reply.success => {}
+            Ok(_) => tracing::warn!(
+                vlan,
+                "ipamd did not take the branch back; it reclaims it later"
+            ),
+            Err(err) => {
+                tracing::warn!(vlan, error = %err, "ipamd unavailable; it reclaims the branch later")
+            }
+        }
         return (addresses(&rec.ips, Some(vlan)), None);
     }
     let mut refused = None;
