@@ -752,13 +752,16 @@ async fn binary_adds_checks_and_deletes_branch_pods() {
             "{details}"
         );
 
-        // DEL under the other mode's config still removes everything, without ipamd.
+        // DEL under the other mode's config still removes everything; ipamd is told so the
+        // branch can go back to its warm pool.
+        let before = ipamd.dels().len();
         silent_ok(&pod.run("DEL", &with_prev(other.clone(), &result)));
         assert_branch_gone(&b.node, &veth, 3, "10.0.1.10");
         assert!(b.pod.link("eth0").is_none());
-        assert!(
-            ipamd.dels().is_empty(),
-            "branch pods are released by the controller"
+        assert_eq!(
+            ipamd.dels().len(),
+            before + 1,
+            "DEL tells ipamd the branch is free"
         );
         silent_ok(&pod.run("DEL", &with_prev(other, &result)));
     }
