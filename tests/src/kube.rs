@@ -26,7 +26,17 @@ pub const APISERVER_ENV: &str = "KUBE_APISERVER";
 /// Where tests/kube/build-apiserver.sh leaves the binary.
 pub const DEFAULT_APISERVER: &str = "/var/cache/vpc-cni/kube/kube-apiserver";
 const ADMIN_TOKEN: &str = "vpc-cni-test-admin";
+/// How long the API server may take to become ready; `KUBE_READY_TIMEOUT_SECONDS` raises it
+/// where it is slow (inside a User-mode Linux guest it needs up to ~130 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn ready_timeout() -> Duration {
+    std::env::var("KUBE_READY_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(READY_TIMEOUT)
+}
 
 /// etcd plus kube-apiserver. Fields drop in order: the API server stops before etcd, and the
 /// directory with both their state goes last.
@@ -129,7 +139,7 @@ impl ApiServer {
     /// Writes the kubeconfig once the API server has made its certificate, then polls /readyz.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let cert = self.dir().join("certs/apiserver.crt");
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + ready_timeout();
         while !cert.exists() {
             self.check_alive(deadline)?;
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -152,7 +162,7 @@ impl ApiServer {
         let problem = match self.apiserver.check_running() {
             Err(e) => e.to_string(),
             Ok(()) if Instant::now() > deadline => {
-                format!("kube-apiserver not ready after {READY_TIMEOUT:?}")
+                format!("kube-apiserver not ready after {:?}", ready_timeout())
             }
             Ok(()) => return Ok(()),
         };
@@ -238,6 +248,8 @@ fn start_apiserver(bin: &Path, dir: &Path, port: u16, etcd_port: u16) -> anyhow:
         // Nothing serves the kubernetes Service here, and loopback endpoints are invalid.
         "--endpoint-reconciler-type=none",
         "--profiling=false",
+        // As on any real cluster: node agents such as the CNI's init container are privileged.
+        "--allow-privileged=true",
     ])
     .arg(format!("--secure-port={port}"))
     .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))

@@ -1,18 +1,19 @@
 //! Harness shared by the integration suites and the demo: a local VPC, ipamd on a simulated
 //! node, the plugin run as a runtime runs it, and containerd over CRI.
 
+pub mod bench;
 pub mod bins;
 pub mod containerd;
 pub mod demo;
+pub mod introspect;
 pub mod ipamd;
 pub mod kube;
 pub mod netns;
+pub mod node;
 pub mod plugin;
 pub mod process;
 pub mod rpc;
 pub mod sim;
-pub mod vpc;
-pub mod node;
-pub mod introspect;
 pub mod uml;
-pub mod bench;
+pub mod vpc;
+pub mod sgp_scenario;

@@ -1,0 +1,242 @@
+//! The database scenario of security groups for pods, end to end on one node: a database in
+//! the VPC whose group admits TCP 3306 only from `sg-catalog`; a pod labelled app=catalog,
+//! matched by a SecurityGroupPolicy naming that group, connects through its branch ENI; a pod
+//! without the label is refused. Runs in strict and in standard mode, and checks that DEL
+//! leaves no VLAN link, rule or route table behind.
+//!
+//! It needs 802.1Q, so it runs inside a User-mode Linux guest (tests/tests/sgp_database_uml.rs
+//! boots it there) with etcd and kube-apiserver in the same guest.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use serde_json::{json, Value};
+
+use crate::kube::ApiServer;
+use crate::netns::{ip_json, tcp_reaches, TcpService};
+use crate::node::{result_ip, Node};
+use crate::plugin::{self, Pod as CniPod};
+use crate::process::wait_for;
+
+pub const NAMESPACE: &str = "shop";
+pub const NODE_NAME: &str = "node-1";
+const DB_PORT: u16 = 3306;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// One line per check; the run fails if any check failed.
+#[derive(Default)]
+pub struct Checks {
+    pub failed: Vec<String>,
+}
+
+impl Checks {
+    pub fn check(&mut self, what: impl Into<String>, ok: bool) {
+        let what = what.into();
+        println!("{} {what}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            self.failed.push(what);
+        }
+    }
+}
+
+/// Creates the Kubernetes side: the namespace, the CRD, the example policy, the node object.
+pub async fn kube_objects(api: &ApiServer) -> anyhow::Result<kube::Client> {
+    let client = api.client().await?;
+    api.ensure_namespace(&client, NAMESPACE).await?;
+    api.install_crd(&client, &repo("conf/crds/securitygrouppolicies.yaml"))
+        .await?;
+    let text = std::fs::read_to_string(repo("conf/examples/sgp-catalog.yaml"))?;
+    let policy: DynamicObject = serde_saphyr::from_str(&text).context("parse sgp-catalog.yaml")?;
+    let gvk = GroupVersionKind::gvk("vpcresources.k8s.aws", "v1beta1", "SecurityGroupPolicy");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "securitygrouppolicies");
+    let policies: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &ar);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .context("create policy")?;
+    let node: KubeNode = serde_json::from_value(json!({
+        "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/os": "linux"}},
+    }))?;
+    Api::<KubeNode>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await?;
+    Ok(client)
+}
+
+/// A pod scheduled to the node; `catalog` pods carry the label the policy selects and the
+/// branch resource the admission webhook would have added.
+pub async fn create_pod(client: &kube::Client, name: &str, catalog: bool) -> anyhow::Result<Pod> {
+    let mut container = json!({"name": "app", "image": "registry.k8s.io/pause:3.9"});
+    let mut labels = json!({});
+    if catalog {
+        labels = json!({"app": "catalog"});
+        container["resources"] = json!({
+            "limits": {"vpc.amazonaws.com/pod-eni": "1"},
+            "requests": {"vpc.amazonaws.com/pod-eni": "1"},
+        });
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+        "spec": {"nodeName": NODE_NAME, "automountServiceAccountToken": false,
+                 "containers": [container]},
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    Ok(pods.create(&PostParams::default(), &pod).await?)
+}
+
+/// The plugin's netconf for `mode`.
+fn netconf(node: &Node, mode: &str) -> Value {
+    let mut conf = node.conf.clone();
+    conf["podSGEnforcingMode"] = json!(mode);
+    conf
+}
+
+fn cni_pod(pod: &Pod, netns_path: &str, container_id: &str) -> CniPod {
+    let meta = &pod.metadata;
+    let mut p = CniPod::new(
+        NAMESPACE,
+        meta.name.as_deref().unwrap_or(""),
+        container_id,
+        netns_path,
+    );
+    p.uid = meta.uid.clone().unwrap_or_default();
+    p
+}
+
+/// One round of the scenario in `mode` on a node that runs ipamd with that mode.
+pub async fn round(
+    node: &Node,
+    client: &kube::Client,
+    mode: &str,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let db = node
+        .vpc
+        .info
+        .instances
+        .iter()
+        .find(|i| i.role == "host")
+        .context("no db")?;
+    let _db = TcpService::start(&db.netns, DB_PORT)?;
+    let conf = netconf(node, mode);
+
+    let catalog = create_pod(client, &format!("catalog-{mode}"), true).await?;
+    let web = create_pod(client, &format!("web-{mode}"), false).await?;
+    let catalog_ns = node.pod(&format!("cat-{mode}"), "x")?;
+    let web_ns = node.pod(&format!("web-{mode}"), "x")?;
+    let catalog_pod = cni_pod(
+        &catalog,
+        &catalog_ns.ns.path(),
+        &format!("c-catalog-{mode}"),
+    );
+    let web_pod = cni_pod(&web, &web_ns.ns.path(), &format!("c-web-{mode}"));
+
+    // The kubelet retries a sandbox until ipamd has the pod in its cache; so does this.
+    let added = wait_for("ADD of the catalog pod", Duration::from_secs(60), || {
+        let out = plugin::run(node.netns(), "ADD", &catalog_pod, &conf).ok()?;
+        out.ok().then(|| out.json())
+    })?;
+    let web_added = plugin::run(node.netns(), "ADD", &web_pod, &conf)?;
+    if !web_added.ok() {
+        bail!("ADD of the web pod failed: {}", web_added.stdout);
+    }
+    let vlan: u32 = added["interfaces"][2]["mac"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    checks.check(
+        format!("{mode}: the catalog pod got a branch ENI (VLAN {vlan})"),
+        vlan > 0,
+    );
+    let annotated = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .get(catalog.metadata.name.as_deref().unwrap_or(""))
+        .await?;
+    let annotation = annotated
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("vpc.amazonaws.com/pod-eni")
+        .cloned()
+        .unwrap_or_default();
+    checks.check(
+        format!("{mode}: the pod carries the pod-eni annotation"),
+        annotation.contains(&result_ip(&added)),
+    );
+    host_state(node, mode, vlan, checks)?;
+
+    let ok = tcp_reaches(&catalog_ns.ns.name, &db.primary_ip, DB_PORT);
+    checks.check(
+        format!("{mode}: catalog pod reaches the database on {DB_PORT}"),
+        ok,
+    );
+    let refused = !tcp_reaches(&web_ns.ns.name, &db.primary_ip, DB_PORT);
+    checks.check(
+        format!("{mode}: pod without the label is refused by the database"),
+        refused,
+    );
+
+    for (pod, result) in [(&catalog_pod, &added), (&web_pod, &web_added.json())] {
+        let out = node.cni_prev("DEL", pod, result)?;
+        checks.check(format!("{mode}: DEL {} succeeds", pod.name), out.ok());
+    }
+    drop((catalog_ns, web_ns));
+    nothing_left(node, mode, vlan, checks)
+}
+
+/// The host side of a branch pod in each mode, as aws-node lays it out.
+fn host_state(node: &Node, mode: &str, vlan: u32, checks: &mut Checks) -> anyhow::Result<()> {
+    let link = format!("vlan.eth.{vlan}");
+    checks.check(format!("{mode}: {link} exists"), node.has_link(&link));
+    let table = (100 + vlan).to_string();
+    let routes = ip_json(node.netns(), &["route", "show", "table", &table])?;
+    checks.check(
+        format!("{mode}: table {table} has the default route via {link}"),
+        routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["dev"] == link.as_str()),
+    );
+    let rules = ip_json(node.netns(), &["rule", "show"])?;
+    let iif_rules = rules.iter().filter(|r| r["priority"] == 10).count();
+    let from_rules = rules
+        .iter()
+        .filter(|r| r["priority"] == 1536 && r["table"] == table.as_str())
+        .count();
+    match mode {
+        "strict" => checks.check(
+            format!("strict: two priority-10 iif rules ({iif_rules})"),
+            iif_rules == 2,
+        ),
+        _ => checks.check(
+            format!("standard: a priority-1536 rule to table {table} ({from_rules})"),
+            from_rules == 1,
+        ),
+    }
+    Ok(())
+}
+
+fn nothing_left(node: &Node, mode: &str, vlan: u32, checks: &mut Checks) -> anyhow::Result<()> {
+    let link = format!("vlan.eth.{vlan}");
+    checks.check(format!("{mode}: DEL removed {link}"), !node.has_link(&link));
+    let rules = ip_json(node.netns(), &["rule", "show"])?;
+    let left = rules
+        .iter()
+        .filter(|r| matches!(r["priority"].as_i64(), Some(10 | 512 | 1536)))
+        .count();
+    checks.check(format!("{mode}: DEL left no pod rule ({left})"), left == 0);
+    let table = (100 + vlan).to_string();
+    let routes = ip_json(node.netns(), &["route", "show", "table", &table])?;
+    checks.check(
+        format!("{mode}: DEL emptied table {table}"),
+        routes.is_empty(),
+    );
+    Ok(())
+}
