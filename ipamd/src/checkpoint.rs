@@ -47,6 +47,48 @@ pub struct CheckpointFile {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub recently_released: Vec<ReleasedAddress>,
+    /// Ours: branch ENIs held by pods or cooling down after one (security groups for pods).
+    #[serde(rename = "branchEnis", default, skip_serializing_if = "Vec::is_empty")]
+    pub branch_enis: Vec<CheckpointBranch>,
+}
+
+/// One branch ENI on the trunk: whom it serves, or since when it cools down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointBranch {
+    pub eni_id: String,
+    pub vlan_id: u16,
+    pub mac: String,
+    pub ipv4: Ipv4Addr,
+    pub subnet_cidr: ipnet::Ipv4Net,
+    #[serde(rename = "associationID", default)]
+    pub association_id: String,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Set while a pod holds the branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<CheckpointBranchPod>,
+    /// Unix nanoseconds; set while the branch cools down after its pod left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_timestamp: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointBranchPod {
+    #[serde(rename = "networkName")]
+    pub network_name: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[serde(rename = "ifName")]
+    pub if_name: String,
+    #[serde(rename = "k8sPodNamespace")]
+    pub namespace: String,
+    #[serde(rename = "k8sPodName")]
+    pub name: String,
+    #[serde(rename = "k8sPodUID", default)]
+    pub uid: String,
+    #[serde(rename = "allocationTimestamp")]
+    pub allocation_timestamp: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +156,7 @@ impl CheckpointFile {
             version: VERSION.into(),
             allocations: vec![],
             recently_released: vec![],
+            branch_enis: vec![],
         }
     }
 }
@@ -268,6 +311,25 @@ mod tests {
                 ipv4: "10.0.0.28".parse().unwrap(),
                 release_timestamp: 1_700_000_001_000_000_000,
             }],
+            branch_enis: vec![CheckpointBranch {
+                eni_id: "eni-0b1".into(),
+                vlan_id: 3,
+                mac: "02:5e:aa:10:20:30".into(),
+                ipv4: "10.0.0.40".parse().unwrap(),
+                subnet_cidr: "10.0.0.0/24".parse().unwrap(),
+                association_id: "trunk-assoc-1".into(),
+                security_groups: vec!["sg-catalog".into()],
+                pod: Some(CheckpointBranchPod {
+                    network_name: "aws-cni".into(),
+                    container_id: "c-bbbb".into(),
+                    if_name: "eth0".into(),
+                    namespace: "shop".into(),
+                    name: "catalog-0".into(),
+                    uid: "uid-1".into(),
+                    allocation_timestamp: 1_700_000_002_000_000_000,
+                }),
+                release_timestamp: None,
+            }],
         }
     }
 
@@ -293,6 +355,20 @@ mod tests {
         assert_eq!(alloc["metadata"]["k8sPodNamespace"], "ns1");
         assert!(alloc.get("hostVethHash").is_none());
         assert_eq!(value["recentlyReleased"][0]["ipv4"], "10.0.0.28");
+        let branch = &value["branchEnis"][0];
+        assert_eq!(branch["eniId"], "eni-0b1");
+        assert_eq!(branch["vlanId"], 3);
+        assert_eq!(branch["pod"]["k8sPodUID"], "uid-1");
+        assert!(branch.get("releaseTimestamp").is_none());
+    }
+
+    #[test]
+    fn files_without_branches_still_read() {
+        let text = r#"{"version":"vpc-cni-ipam/1","allocations":[]}"#;
+        let data: CheckpointFile = serde_json::from_str(text).unwrap();
+        assert!(data.branch_enis.is_empty());
+        let written = serde_json::to_value(CheckpointFile::new()).unwrap();
+        assert!(written.get("branchEnis").is_none());
     }
 
     #[test]

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
+use vpc_cni::cni::netconf::SgEnforcingMode;
+
+use crate::sgp::warm::DEFAULT_WARM_BRANCH_ENI_TARGET;
+pub use crate::sgp::{ENABLE_POD_ENI, KUBECONFIG, MY_NODE_NAME, WARM_BRANCH_ENI_TARGET};
 
 pub const WARM_ENI_TARGET: &str = "WARM_ENI_TARGET";
 pub const WARM_IP_TARGET: &str = "WARM_IP_TARGET";
@@ -32,6 +36,8 @@ pub const METRICS_BIND_ADDRESS: &str = "METRICS_BIND_ADDRESS";
 pub const IPAMD_SOCKET_PATH: &str = "IPAMD_SOCKET_PATH";
 pub const ENI_MIN_AGE_SECONDS: &str = "VPC_CNI_ENI_MIN_AGE_SECONDS";
 pub const POOL_INTERVAL_MS: &str = "VPC_CNI_POOL_INTERVAL_MS";
+pub const POD_SECURITY_GROUP_ENFORCING_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
+pub const BRANCH_COOLDOWN_SECONDS: &str = "VPC_CNI_BRANCH_COOLDOWN_SECONDS";
 
 /// Every variable [`Config::from_lookup`] reads; compared with the DaemonSet manifest in tests.
 pub const ENV_VARS: &[&str] = &[
@@ -57,6 +63,12 @@ pub const ENV_VARS: &[&str] = &[
     IPAMD_SOCKET_PATH,
     ENI_MIN_AGE_SECONDS,
     POOL_INTERVAL_MS,
+    ENABLE_POD_ENI,
+    POD_SECURITY_GROUP_ENFORCING_MODE,
+    WARM_BRANCH_ENI_TARGET,
+    MY_NODE_NAME,
+    KUBECONFIG,
+    BRANCH_COOLDOWN_SECONDS,
 ];
 
 /// Variables ipamd does not parse itself but the AWS SDK reads on its behalf.
@@ -98,6 +110,8 @@ pub enum ConfigError {
     NotAnAddress { name: &'static str, value: String },
     #[error("{name}: not a JSON object of strings: {reason}")]
     BadTags { name: &'static str, reason: String },
+    #[error("{MY_NODE_NAME}: must be set when {ENABLE_POD_ENI} is true")]
+    NodeNameMissing,
     #[error(
         "{ENABLE_PREFIX_DELEGATION}: needs {WARM_PREFIX_TARGET}, {WARM_IP_TARGET} or \
          {MINIMUM_IP_TARGET} above zero"
@@ -140,6 +154,22 @@ pub struct Config {
     pub socket_path: PathBuf,
     pub eni_min_age: Duration,
     pub pool_interval: Duration,
+    pub pod_eni: PodEniConfig,
+}
+
+/// Security groups for pods (ENABLE_POD_ENI and its companions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEniConfig {
+    pub enabled: bool,
+    pub enforcing_mode: SgEnforcingMode,
+    pub warm_branch_target: u32,
+    /// The Node object this daemon runs on; required when enabled.
+    pub node_name: Option<String>,
+    /// `None`: the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a released branch ENI waits before another pod may have it, so peers' ARP
+    /// caches (60 s in Linux' default gc_stale_time) forget the old pod first.
+    pub branch_cooldown: Duration,
 }
 
 impl Config {
@@ -183,6 +213,7 @@ impl Config {
                 .into(),
             eni_min_age: Duration::from_secs(env.count(ENI_MIN_AGE_SECONDS, 60)?.into()),
             pool_interval: env.pool_interval()?,
+            pod_eni: env.pod_eni()?,
         };
         config.validate()?;
         Ok(config)
@@ -193,6 +224,9 @@ impl Config {
             self.warm_prefix_target > 0 || self.warm_ip_target > 0 || self.minimum_ip_target > 0;
         if self.prefix_delegation && !any_target {
             return Err(ConfigError::PrefixTargetsZero);
+        }
+        if self.pod_eni.enabled && self.pod_eni.node_name.is_none() {
+            return Err(ConfigError::NodeNameMissing);
         }
         Ok(())
     }
@@ -229,7 +263,37 @@ impl Config {
             (IPAMD_SOCKET_PATH, self.socket_path.display().to_string()),
             (ENI_MIN_AGE_SECONDS, self.eni_min_age.as_secs().to_string()),
             (POOL_INTERVAL_MS, self.pool_interval.as_millis().to_string()),
+            (ENABLE_POD_ENI, self.pod_eni.enabled.to_string()),
+            (
+                POD_SECURITY_GROUP_ENFORCING_MODE,
+                mode_name(self.pod_eni.enforcing_mode).into(),
+            ),
+            (
+                WARM_BRANCH_ENI_TARGET,
+                self.pod_eni.warm_branch_target.to_string(),
+            ),
+            (MY_NODE_NAME, opt(&self.pod_eni.node_name)),
+            (
+                KUBECONFIG,
+                self.pod_eni
+                    .kubeconfig
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                BRANCH_COOLDOWN_SECONDS,
+                self.pod_eni.branch_cooldown.as_secs().to_string(),
+            ),
         ])
+    }
+}
+
+/// The spelling aws-node and the plugin's `podSGEnforcingMode` use.
+pub fn mode_name(mode: SgEnforcingMode) -> &'static str {
+    match mode {
+        SgEnforcingMode::Strict => "strict",
+        SgEnforcingMode::Standard => "standard",
     }
 }
 
@@ -393,6 +457,32 @@ impl Env<'_> {
             .map_err(|_| ConfigError::NotAnAddress { name, value })
     }
 
+    fn pod_eni(&self) -> Result<PodEniConfig, ConfigError> {
+        Ok(PodEniConfig {
+            enabled: self.flag(ENABLE_POD_ENI, false)?,
+            enforcing_mode: self.enforcing_mode()?,
+            warm_branch_target: self
+                .count(WARM_BRANCH_ENI_TARGET, DEFAULT_WARM_BRANCH_ENI_TARGET)?,
+            node_name: self.get(MY_NODE_NAME),
+            kubeconfig: self.get(KUBECONFIG).map(PathBuf::from),
+            branch_cooldown: Duration::from_secs(self.count(BRANCH_COOLDOWN_SECONDS, 60)?.into()),
+        })
+    }
+
+    /// The values aws-node documents, exactly: the plugin reads the same words from
+    /// `podSGEnforcingMode`, and a typo must not silently weaken enforcement.
+    fn enforcing_mode(&self) -> Result<SgEnforcingMode, ConfigError> {
+        match self.get(POD_SECURITY_GROUP_ENFORCING_MODE).as_deref() {
+            None | Some("strict") => Ok(SgEnforcingMode::Strict),
+            Some("standard") => Ok(SgEnforcingMode::Standard),
+            Some(other) => Err(ConfigError::Invalid {
+                name: POD_SECURITY_GROUP_ENFORCING_MODE,
+                value: other.into(),
+                why: "strict or standard",
+            }),
+        }
+    }
+
     fn pool_interval(&self) -> Result<Duration, ConfigError> {
         match self.count(POOL_INTERVAL_MS, 5000)? {
             0 => Err(ConfigError::OutOfRange {
@@ -444,6 +534,36 @@ mod tests {
         assert_eq!(c.pool_interval, Duration::from_millis(5000));
         assert_eq!(c.log_level, tracing::level_filters::LevelFilter::DEBUG);
         assert_eq!(c.log_target, LogTarget::File(DEFAULT_LOG_FILE.into()));
+        assert!(!c.pod_eni.enabled);
+        assert_eq!(c.pod_eni.enforcing_mode, SgEnforcingMode::Strict);
+        assert_eq!(c.pod_eni.warm_branch_target, 1);
+        assert_eq!(c.pod_eni.branch_cooldown, Duration::from_secs(60));
+        assert_eq!((c.pod_eni.node_name, c.pod_eni.kubeconfig), (None, None));
+    }
+
+    #[test]
+    fn pod_eni_needs_the_node_name() {
+        let err = parse(&[(ENABLE_POD_ENI, "true")]).unwrap_err();
+        assert_eq!(err, ConfigError::NodeNameMissing);
+        assert!(err.to_string().starts_with(MY_NODE_NAME));
+        let c = parse(&[
+            (ENABLE_POD_ENI, "true"),
+            (MY_NODE_NAME, "node-a"),
+            (POD_SECURITY_GROUP_ENFORCING_MODE, "standard"),
+            (WARM_BRANCH_ENI_TARGET, "3"),
+            (KUBECONFIG, "/etc/kube/config"),
+            (BRANCH_COOLDOWN_SECONDS, "5"),
+        ])
+        .unwrap();
+        assert!(c.pod_eni.enabled);
+        assert_eq!(c.pod_eni.enforcing_mode, SgEnforcingMode::Standard);
+        assert_eq!(c.pod_eni.warm_branch_target, 3);
+        assert_eq!(c.pod_eni.node_name.as_deref(), Some("node-a"));
+        assert_eq!(
+            c.pod_eni.kubeconfig,
+            Some(PathBuf::from("/etc/kube/config"))
+        );
+        assert_eq!(c.pod_eni.branch_cooldown, Duration::from_secs(5));
     }
 
     #[test]
@@ -481,6 +601,11 @@ mod tests {
             (LOG_LEVEL, "loud"),
             (METRICS_BIND_ADDRESS, "localhost"),
             (POOL_INTERVAL_MS, "0"),
+            (POD_SECURITY_GROUP_ENFORCING_MODE, "Strict"),
+            (POD_SECURITY_GROUP_ENFORCING_MODE, "loose"),
+            (WARM_BRANCH_ENI_TARGET, "-1"),
+            (BRANCH_COOLDOWN_SECONDS, "soon"),
+            (ENABLE_POD_ENI, "yes"),
         ] {
             let err = parse(&[(name, value)]).expect_err(name).to_string();
             assert!(err.starts_with(name), "{name}={value}: {err}");

@@ -26,6 +26,10 @@ use crate::node::Node;
 use crate::pool::Limits;
 use crate::restore;
 use crate::rpc::{self, RpcError};
+use crate::sgp::limits::BranchLimit;
+use crate::sgp::manager::BranchManager;
+use crate::sgp::service::{PodEni, PodEniError, Startup};
+use crate::sgp::trunk;
 
 /// How long servers get to finish in-flight requests after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -50,6 +54,8 @@ pub enum DaemonError {
     Http(#[from] HttpError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("security groups for pods: {0}")]
+    PodEni(#[from] PodEniError),
 }
 
 pub async fn run(config: Config, install: InstallConfig) -> Result<(), DaemonError> {
@@ -104,7 +110,8 @@ async fn init_node(
     )
     .await;
     let instance_limits = ec2.instance_limits(&identity.instance_type).await?;
-    let (managed, unmanaged) = attached_enis(&ec2, &identity).await?;
+    let attached = attached_enis(&ec2, &identity).await?;
+    let managed = &attached.managed;
 
     let host = Arc::new(Host::new(
         Netlink::current()?,
@@ -113,36 +120,97 @@ async fn init_node(
     ));
     let file = JsonFile::new(&config.backing_store);
     let loaded = file.load()?;
+    let branch_records = match &loaded {
+        Loaded::Found(file) => file.branch_enis.clone(),
+        _ => Vec::new(),
+    };
     let mut ds = Datastore::new(Box::new(file), config.ip_cooldown, config.prefix_delegation);
-    for eni in &managed {
+    for eni in managed {
         tag_adopted(&ec2, &config, &identity, eni).await;
         let info = eni_info(&imds, &identity, eni).await?;
         plumb(&host, &info).await?;
         ds.add_eni(info, SystemTime::now());
         ds.add_cidrs(&eni.id, &eni.cidrs()).expect("eni just added");
     }
+    // Kept as they are until the branch pool is rebuilt (or for when ENABLE_POD_ENI is
+    // turned back on), so the rewrite below does not lose them.
+    ds.keep_branch_records(branch_records.clone());
     restore_allocations(&mut ds, &host, &config, loaded).await?;
 
-    let limits = pool_limits(&config, instance_limits, unmanaged);
+    let limits = pool_limits(&config, instance_limits, attached.unmanaged);
+    let pod_eni = if config.pod_eni.enabled {
+        let startup = Startup {
+            config: &config,
+            identity: &identity,
+            ec2: ec2.clone(),
+            host: host.clone(),
+            instance_max_enis: instance_limits.max_enis,
+            trunk: attached.trunk.as_ref(),
+            records: branch_records,
+        };
+        Some(Arc::new(PodEni::start(startup, &mut ds).await?))
+    } else {
+        None
+    };
+    let trunk_slot = keeps_trunk_slot(&attached, pod_eni.as_deref(), &config, instance_limits);
     tracing::info!(
         max_enis = limits.max_enis,
         slots_per_eni = limits.slots_per_eni,
         managed = managed.len(),
-        unmanaged,
+        unmanaged = attached.unmanaged,
+        trunk = ?attached.trunk.as_ref().map(|t| &t.id),
+        trunk_slot,
         "limits"
     );
-    let node = Arc::new(Node::new(config, identity, limits, metrics, ds));
+    let mut node = Node::new(config, identity, limits, metrics, ds);
+    if let Some(pe) = pod_eni {
+        node = node.with_pod_eni(pe);
+    }
+    node.set_trunk_slot(trunk_slot);
+    let node = Arc::new(node);
     tracing::info!(stats = %node.stats(), "datastore ready");
     Ok((node, ec2, host))
+}
+
+/// Whether one ENI slot is the trunk's from the start: it is attached, or it is about to be
+/// made on a type that can trunk and there is a free slot for it (otherwise regular pods
+/// would lose an ENI's worth of addresses for a trunk that cannot come).
+fn keeps_trunk_slot(
+    attached: &Attached,
+    pod_eni: Option<&PodEni>,
+    config: &Config,
+    instance: InstanceLimits,
+) -> bool {
+    if attached.trunk.is_some() {
+        return true;
+    }
+    let Some(pe) = pod_eni.filter(|pe| matches!(pe.limit, BranchLimit::Supported(n) if n > 0))
+    else {
+        return false;
+    };
+    let cap = config
+        .max_eni
+        .map_or(instance.max_enis, |m| m.min(instance.max_enis));
+    let in_use = attached.managed.len() as u32 + attached.unmanaged;
+    if in_use >= cap {
+        tracing::warn!(in_use, cap, instance_type = %pe.instance_type, "no free eni slot for a trunk eni");
+        return false;
+    }
+    true
+}
+
+/// The attached ENIs on card 0, by role.
+struct Attached {
+    managed: Vec<EniDescription>,
+    /// ENIs ipamd leaves alone, the trunk not counted.
+    unmanaged: u32,
+    trunk: Option<EniDescription>,
 }
 
 /// ENIs attached at device indexes on card 0, from EC2 (not IMDS, which can lag behind an
 /// attach that happened just before a crash), split into managed ones and a count of
 /// those ipamd must leave alone.
-async fn attached_enis(
-    ec2: &Ec2,
-    identity: &Identity,
-) -> Result<(Vec<EniDescription>, u32), DaemonError> {
+async fn attached_enis(ec2: &Ec2, identity: &Identity) -> Result<Attached, DaemonError> {
     let attached = ec2.attached_enis(&identity.instance_id).await?;
     let ids: Vec<String> = attached.iter().map(|(id, _)| id.clone()).collect();
     let mut described = ec2.describe_enis(&ids).await?;
@@ -153,10 +221,15 @@ async fn attached_enis(
     let (managed, unmanaged): (Vec<_>, Vec<_>) = described
         .into_iter()
         .partition(|e| e.id == identity.primary_eni_id || is_manageable(e));
+    let (trunks, unmanaged): (Vec<_>, Vec<_>) = unmanaged.into_iter().partition(trunk::is_trunk);
     for eni in &unmanaged {
         tracing::info!(eni = %eni.id, interface_type = %eni.interface_type, "leaving unmanaged eni alone");
     }
-    Ok((managed, unmanaged.len() as u32))
+    Ok(Attached {
+        managed,
+        unmanaged: unmanaged.len() as u32,
+        trunk: trunks.into_iter().next(),
+    })
 }
 
 /// aws-node leaves ENIs tagged no_manage=true, trunks and EFA interfaces alone.
@@ -282,6 +355,10 @@ fn start(
     let mut tasks = JoinSet::new();
     let manager = Manager::new(node.clone(), ec2, host);
     tasks.spawn(manager.run(stop.clone()));
+    if let Some(pe) = &node.pod_eni {
+        let branches = BranchManager::new(node.clone(), pe.clone());
+        tasks.spawn(branches.run(stop.clone()));
+    }
 
     let (n, s) = (node.clone(), stop.clone());
     tasks.spawn(async move {

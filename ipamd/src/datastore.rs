@@ -11,8 +11,8 @@ use ipnet::Ipv4Net;
 use thiserror::Error;
 
 use crate::checkpoint::{
-    self, CheckpointAllocation, CheckpointError, CheckpointFile, CheckpointMetadata,
-    CheckpointStore, ReleasedAddress,
+    self, CheckpointAllocation, CheckpointBranch, CheckpointError, CheckpointFile,
+    CheckpointMetadata, CheckpointStore, ReleasedAddress,
 };
 
 /// Network name of allocations rebuilt from host state, whose CNI key is unknown.
@@ -223,6 +223,8 @@ pub struct Datastore {
     cooldown: BTreeMap<Ipv4Addr, SystemTime>,
     cooldown_period: Duration,
     prefix_mode: bool,
+    /// Branch ENIs held or cooling down, kept here only so they go to disk with the rest.
+    branch_records: Vec<CheckpointBranch>,
     store: Box<dyn CheckpointStore>,
 }
 
@@ -239,6 +241,7 @@ impl Datastore {
             cooldown: BTreeMap::new(),
             cooldown_period,
             prefix_mode,
+            branch_records: Vec::new(),
             store,
         }
     }
@@ -654,6 +657,32 @@ impl Datastore {
         }
     }
 
+    pub fn branch_records(&self) -> &[CheckpointBranch] {
+        &self.branch_records
+    }
+
+    /// Takes the branch ENI records read at start-up; the next write keeps them.
+    pub fn keep_branch_records(&mut self, records: Vec<CheckpointBranch>) {
+        self.branch_records = records;
+    }
+
+    /// Replaces the branch ENI records and writes the checkpoint; on a failed write the
+    /// previous records stay, in memory as on disk.
+    pub fn set_branch_records(
+        &mut self,
+        records: Vec<CheckpointBranch>,
+    ) -> Result<(), DatastoreError> {
+        let previous = std::mem::replace(&mut self.branch_records, records);
+        if let Err(source) = self.persist() {
+            self.branch_records = previous;
+            return Err(DatastoreError::Persist {
+                what: "branch eni records".into(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
     pub fn persist(&mut self) -> Result<(), CheckpointError> {
         let snapshot = self.snapshot();
         self.store.save(&snapshot)
@@ -676,6 +705,7 @@ impl Datastore {
         CheckpointFile {
             allocations,
             recently_released,
+            branch_enis: self.branch_records.clone(),
             ..CheckpointFile::new()
         }
     }
@@ -1063,6 +1093,30 @@ mod tests {
             .unwrap();
         assert!(ds.owner_of("10.0.0.11".parse().unwrap()).is_none());
         assert!(ds.owner_of("10.0.0.34".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn branch_records_go_to_disk_with_the_rest_or_not_at_all() {
+        let (mut ds, fake) = store_with_two_enis();
+        let record = CheckpointBranch {
+            eni_id: "eni-branch".into(),
+            vlan_id: 2,
+            mac: "02:00:00:00:02:02".into(),
+            ipv4: "10.0.0.50".parse().unwrap(),
+            subnet_cidr: net("10.0.0.0/24"),
+            association_id: "trunk-assoc-2".into(),
+            security_groups: vec!["sg-a".into()],
+            pod: None,
+            release_timestamp: Some(1),
+        };
+        ds.set_branch_records(vec![record.clone()]).unwrap();
+        assert_eq!(fake.last().branch_enis, vec![record.clone()]);
+        ds.assign(&key("c1"), meta("a"), t(1)).unwrap();
+        assert_eq!(fake.last().branch_enis, vec![record.clone()], "kept by later writes");
+
+        fake.fail(true);
+        assert!(ds.set_branch_records(vec![]).is_err());
+        assert_eq!(ds.branch_records(), [record], "failed write changes nothing");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Region};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    InstanceType, NetworkInterface, NetworkInterfaceAttachmentChanges, ResourceType, Tag,
-    TagSpecification,
+    Filter, InstanceType, NetworkInterface, NetworkInterfaceAttachmentChanges,
+    NetworkInterfaceCreationType, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use ipnet::Ipv4Net;
@@ -26,6 +26,7 @@ pub const PRIVATE_IP_LIMIT_EXCEEDED: &str = "PrivateIpAddressLimitExceeded";
 pub const INSUFFICIENT_FREE_ADDRESSES: &str = "InsufficientFreeAddressesInSubnet";
 pub const INSUFFICIENT_CIDR_BLOCKS: &str = "InsufficientCidrBlocks";
 pub const ENI_NOT_FOUND: &str = "InvalidNetworkInterfaceID.NotFound";
+pub const ASSOCIATION_NOT_FOUND: &str = "InvalidAssociationID.NotFound";
 /// Codes EC2 uses when the account's request rate is exceeded.
 const THROTTLE_CODES: &[&str] = &[
     "RequestLimitExceeded",
@@ -169,7 +170,9 @@ pub struct EniDescription {
     pub prefixes: Vec<Ipv4Net>,
     pub attachment: Option<EniAttachment>,
     pub interface_type: String,
+    pub description: String,
     pub tags: BTreeMap<String, String>,
+    pub security_groups: Vec<String>,
 }
 
 impl EniDescription {
@@ -178,6 +181,15 @@ impl EniDescription {
         let ips = self.secondary_ips.iter().map(|ip| Ipv4Net::from(*ip));
         ips.chain(self.prefixes.iter().copied()).collect()
     }
+}
+
+/// A branch ENI's association with a trunk ENI, as DescribeTrunkInterfaceAssociations lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkAssociation {
+    pub id: String,
+    pub branch_eni: String,
+    pub trunk_eni: String,
+    pub vlan_id: u16,
 }
 
 /// Secondary addresses or /28 prefixes, by count.
@@ -244,6 +256,18 @@ pub fn eni_description(instance_id: &str) -> String {
 /// The lowest device index not in `used`, within 0..=99.
 pub fn lowest_free_device_index(used: &[u32]) -> Option<u32> {
     (0..=MAX_DEVICE_INDEX).find(|i| !used.contains(i))
+}
+
+/// The highest device index below `max_enis` (and at most 99) not in `used`, never the
+/// primary's 0: where the trunk goes, away from the secondary ENIs that fill up from below.
+pub fn highest_free_device_index(used: &[u32], max_enis: u32) -> Option<u32> {
+    let top = max_enis.saturating_sub(1).min(MAX_DEVICE_INDEX);
+    (1..=top).rev().find(|i| !used.contains(i))
+}
+
+/// A fresh ClientToken: retries of one logical request reuse it, so EC2 does the work once.
+fn client_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 #[derive(Clone)]
@@ -424,6 +448,20 @@ impl Ec2 {
     }
 
     pub async fn create_eni(&self, new: &NewEni<'_>) -> Result<EniDescription, Ec2Error> {
+        self.create(new, None).await
+    }
+
+    /// A trunk ENI, which carries branch ENIs on VLANs once attached.
+    pub async fn create_trunk_eni(&self, new: &NewEni<'_>) -> Result<EniDescription, Ec2Error> {
+        self.create(new, Some(NetworkInterfaceCreationType::Trunk))
+            .await
+    }
+
+    async fn create(
+        &self,
+        new: &NewEni<'_>,
+        kind: Option<NetworkInterfaceCreationType>,
+    ) -> Result<EniDescription, Ec2Error> {
         const ACTION: &str = "CreateNetworkInterface";
         let tags: Vec<Tag> = new
             .tags
@@ -442,6 +480,7 @@ impl Ec2 {
                     .subnet_id(new.subnet_id)
                     .description(&new.description)
                     .set_groups(Some(new.security_groups.to_vec()))
+                    .set_interface_type(kind.clone())
                     .tag_specifications(spec.clone());
                 match new.addresses {
                     AddressRequest::Ips(0) | AddressRequest::Prefixes(0) => req,
@@ -588,6 +627,137 @@ impl Ec2 {
         Ok(())
     }
 
+    /// Every ENI carrying tag `key` = `value`, all pages.
+    pub async fn enis_tagged(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        const ACTION: &str = "DescribeNetworkInterfaces";
+        let filter = Filter::builder()
+            .name(format!("tag:{key}"))
+            .values(value)
+            .build();
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .call(ACTION, || {
+                    self.client
+                        .describe_network_interfaces()
+                        .filters(filter.clone())
+                        .max_results(1000)
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await?;
+            for eni in out.network_interfaces() {
+                found.push(describe(ACTION, eni)?);
+            }
+            token = out.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The branch associations of one trunk ENI, all pages.
+    pub async fn trunk_associations(
+        &self,
+        trunk_eni: &str,
+    ) -> Result<Vec<TrunkAssociation>, Ec2Error> {
+        const ACTION: &str = "DescribeTrunkInterfaceAssociations";
+        let filter = Filter::builder()
+            .name("trunk-interface-association.trunk-interface-id")
+            .values(trunk_eni)
+            .build();
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .call(ACTION, || {
+                    self.client
+                        .describe_trunk_interface_associations()
+                        .filters(filter.clone())
+                        .max_results(255)
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await?;
+            for a in out.interface_associations() {
+                found.push(association(ACTION, a)?);
+            }
+            token = out.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Associates a branch ENI with the trunk under `vlan_id`; returns the association id.
+    pub async fn associate_branch(
+        &self,
+        branch_eni: &str,
+        trunk_eni: &str,
+        vlan_id: u16,
+    ) -> Result<String, Ec2Error> {
+        const ACTION: &str = "AssociateTrunkInterface";
+        let token = client_token();
+        let out = self
+            .call(ACTION, || {
+                self.client
+                    .associate_trunk_interface()
+                    .branch_interface_id(branch_eni)
+                    .trunk_interface_id(trunk_eni)
+                    .vlan_id(i32::from(vlan_id))
+                    .client_token(&token)
+                    .send()
+            })
+            .await?;
+        out.interface_association()
+            .and_then(|a| a.association_id())
+            .map(str::to_string)
+            .ok_or(Ec2Error::Incomplete {
+                action: ACTION,
+                what: "AssociationId",
+            })
+    }
+
+    /// Ends an association; one that is already gone counts as ended.
+    pub async fn disassociate_branch(&self, association_id: &str) -> Result<(), Ec2Error> {
+        let token = client_token();
+        let result = self
+            .call("DisassociateTrunkInterface", || {
+                self.client
+                    .disassociate_trunk_interface()
+                    .association_id(association_id)
+                    .client_token(&token)
+                    .send()
+            })
+            .await;
+        match result {
+            Err(e) if e.code() == Some(ASSOCIATION_NOT_FOUND) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Replaces the ENI's security groups, all in one call.
+    pub async fn set_security_groups(
+        &self,
+        eni_id: &str,
+        groups: &[String],
+    ) -> Result<(), Ec2Error> {
+        self.call("ModifyNetworkInterfaceAttribute", || {
+            self.client
+                .modify_network_interface_attribute()
+                .network_interface_id(eni_id)
+                .set_groups(Some(groups.to_vec()))
+                .send()
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {
         self.call("DetachNetworkInterface", || {
             self.client
@@ -670,7 +840,36 @@ fn describe(action: &'static str, eni: &NetworkInterface) -> Result<EniDescripti
             .interface_type()
             .map(|t| t.as_str().to_string())
             .unwrap_or_default(),
+        description: eni.description().unwrap_or_default().to_string(),
         tags,
+        security_groups: eni
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect(),
+    })
+}
+
+fn association(
+    action: &'static str,
+    a: &aws_sdk_ec2::types::TrunkInterfaceAssociation,
+) -> Result<TrunkAssociation, Ec2Error> {
+    let missing = |what| Ec2Error::Incomplete { action, what };
+    let vlan_id = a
+        .vlan_id()
+        .and_then(|v| u16::try_from(v).ok())
+        .ok_or(missing("VlanId"))?;
+    Ok(TrunkAssociation {
+        id: a.association_id().ok_or(missing("AssociationId"))?.into(),
+        branch_eni: a
+            .branch_interface_id()
+            .ok_or(missing("BranchInterfaceId"))?
+            .into(),
+        trunk_eni: a
+            .trunk_interface_id()
+            .ok_or(missing("TrunkInterfaceId"))?
+            .into(),
+        vlan_id,
     })
 }
 
@@ -712,6 +911,19 @@ mod tests {
         assert_eq!(lowest_free_device_index(&[0, 2, 1, 4]), Some(3));
         let all: Vec<u32> = (0..=99).collect();
         assert_eq!(lowest_free_device_index(&all), None);
+    }
+
+    #[test]
+    fn trunk_goes_to_the_highest_free_index() {
+        assert_eq!(highest_free_device_index(&[0], 3), Some(2));
+        assert_eq!(highest_free_device_index(&[0, 2], 3), Some(1));
+        assert_eq!(highest_free_device_index(&[0, 1, 2], 3), None);
+        assert_eq!(
+            highest_free_device_index(&[0], 1),
+            None,
+            "never the primary's slot"
+        );
+        assert_eq!(highest_free_device_index(&[0], 737), Some(99));
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub const ENI_RULE_PRIORITY: u32 = 32765;
 pub const TO_POD_RULE_PRIORITY: u32 = 512;
 /// `from <pod IP> lookup <ENI table>`, for pods on secondary ENIs.
 pub const FROM_POD_RULE_PRIORITY: u32 = 1536;
+/// Where strict security-group enforcement moves `lookup local`: after the prio-10 rules that
+/// send a branch pod's traffic to its VLAN, so even node-local traffic leaves through it.
+pub const LOCAL_RULE_PRIORITY: u32 = 20;
+/// The kernel's local table and the priority of its default rule.
+const RT_TABLE_LOCAL: u32 = 255;
+const DEFAULT_LOCAL_RULE_PRIORITY: u32 = 0;
 
 #[derive(Debug, Error)]
 pub enum HostError {
@@ -35,6 +41,8 @@ pub enum HostError {
     Pod { ip: Ipv4Addr, source: NetlinkError },
     #[error("read host state: {0}")]
     Read(NetlinkError),
+    #[error("move the local table rule to priority {LOCAL_RULE_PRIORITY}: {0}")]
+    LocalRule(NetlinkError),
 }
 
 /// How long to wait for an attached ENI's link to show up (the kernel adds it a moment after
@@ -140,6 +148,26 @@ impl Host {
     /// MTU, up, primary address, table device+1 with the subnet gateway, rule 32765, and no
     /// subnet route in main (traffic from the ENI's address must use its own table).
     pub async fn setup_secondary_eni(&self, eni: &EniInfo) -> Result<(), HostError> {
+        self.setup_eni(eni, true).await
+    }
+
+    /// A trunk ENI is set up like a secondary ENI but without rule 32765: nothing on the node
+    /// sends from its address, and its branches' traffic is routed by VLAN, not by source.
+    pub async fn setup_trunk_eni(&self, eni: &EniInfo) -> Result<(), HostError> {
+        self.setup_eni(eni, false).await
+    }
+
+    /// The ifindex of the link with this MAC right now, without waiting for it.
+    pub async fn link_index_by_mac(&self, eni: &str, mac: &str) -> Result<Option<u32>, HostError> {
+        let parsed: MacAddr = mac.parse().map_err(|_| HostError::BadMac {
+            eni: eni.into(),
+            mac: mac.into(),
+        })?;
+        let link = self.nl.link_by_mac(parsed).await.map_err(HostError::Read)?;
+        Ok(link.map(|l| l.index))
+    }
+
+    async fn setup_eni(&self, eni: &EniInfo, source_rule: bool) -> Result<(), HostError> {
         let link = self.find_link(&eni.id, &eni.mac).await?;
         let wrap = |source| HostError::Eni {
             eni: eni.id.clone(),
@@ -153,9 +181,44 @@ impl Host {
         self.set_only_address(&link, eni).await.map_err(wrap)?;
         self.program_table(&link, eni).await.map_err(wrap)?;
         self.drop_subnet_route(&link, eni).await.map_err(wrap)?;
-        self.set_eni_rule(eni).await.map_err(wrap)?;
+        if source_rule {
+            self.set_eni_rule(eni).await.map_err(wrap)?;
+        }
         tracing::info!(eni = %eni.id, link = %link.name, table = eni.route_table(), "eni plumbed");
         Ok(())
+    }
+
+    /// `ip rule add prio 20 lookup local; ip rule del prio 0 lookup local`, in that order so
+    /// the node is never without a local rule; a second run changes nothing. Returns whether
+    /// anything changed.
+    pub async fn move_local_rule(&self) -> Result<bool, HostError> {
+        let local_at = |priority| Rule {
+            priority: Some(priority),
+            table: RT_TABLE_LOCAL,
+            ..Rule::default()
+        };
+        let moved = local_at(LOCAL_RULE_PRIORITY);
+        let rules = self.nl.rules(false).await.map_err(HostError::LocalRule)?;
+        let mut changed = false;
+        if !rules.iter().any(|r| is_plain_local(r, LOCAL_RULE_PRIORITY)) {
+            self.nl
+                .add_rule(&moved)
+                .await
+                .map_err(HostError::LocalRule)?;
+            changed = true;
+        }
+        if rules
+            .iter()
+            .any(|r| is_plain_local(r, DEFAULT_LOCAL_RULE_PRIORITY))
+        {
+            let default = local_at(DEFAULT_LOCAL_RULE_PRIORITY);
+            changed |= self
+                .nl
+                .delete_rule(&default)
+                .await
+                .map_err(HostError::LocalRule)?;
+        }
+        Ok(changed)
     }
 
     /// `ip addr flush dev ethN; ip addr add <primary IP>/<subnet len> dev ethN`, leaving
@@ -280,6 +343,16 @@ impl Host {
         let removed = self.nl.delete_rules(&to).await.map_err(wrap)?;
         Ok(removed + self.nl.delete_rules(&from).await.map_err(wrap)?)
     }
+}
+
+/// `from all lookup local` at `priority`, with no selector.
+fn is_plain_local(rule: &Rule, priority: u32) -> bool {
+    rule.priority == Some(priority)
+        && rule.table == RT_TABLE_LOCAL
+        && rule.source.is_none()
+        && rule.destination.is_none()
+        && rule.iif.is_none()
+        && rule.fwmark.is_none()
 }
 
 /// The pod address of a prio-512 `to IP/32` or prio-1536 `from IP/32` rule.

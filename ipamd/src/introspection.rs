@@ -17,6 +17,8 @@ use tokio::sync::watch;
 
 use crate::datastore::{addresses, Datastore, Eni};
 use crate::node::Node;
+use crate::sgp::pool::{Branch, BranchState};
+use crate::sgp::trunk::Trunk;
 
 /// Go's zero time, which aws-node prints for "never".
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -39,9 +41,16 @@ pub fn introspection_router(node: Arc<Node>) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { Json(json!(["/v1/enis", "/v1/ipamd-env-settings"])) }),
+            get(|| async {
+                Json(json!([
+                    "/v1/enis",
+                    "/v1/branches",
+                    "/v1/ipamd-env-settings"
+                ]))
+            }),
         )
         .route("/v1/enis", get(enis))
+        .route("/v1/branches", get(branches))
         .route("/v1/ipamd-env-settings", get(env_settings))
         .with_state(node)
 }
@@ -53,8 +62,79 @@ pub fn metrics_router(node: Arc<Node>) -> Router {
 }
 
 async fn enis(State(node): State<Arc<Node>>) -> Json<Value> {
-    let ds = node.datastore();
-    Json(enis_json(&ds, SystemTime::now()))
+    let mut value = {
+        let ds = node.datastore();
+        enis_json(&ds, SystemTime::now())
+    };
+    if let Some(trunk) = node.pod_eni.as_ref().and_then(|pe| pe.trunk()) {
+        value["0"]["ENIs"][&trunk.eni_id] = trunk_json(&trunk);
+    }
+    Json(value)
+}
+
+/// The trunk as aws-node lists it: an ENI with IsTrunk and no addresses to hand out.
+fn trunk_json(trunk: &Trunk) -> Value {
+    json!({
+        "ID": trunk.eni_id,
+        "IsPrimary": false,
+        "IsTrunk": true,
+        "IsEFA": false,
+        "DeviceNumber": trunk.device_index,
+        "RouteTableID": trunk.device_index + 1,
+        "Deleting": false,
+        "AvailableIPv4Cidrs": {},
+        "IPv6Cidrs": {},
+    })
+}
+
+/// Security groups for pods: the trunk, the limits and every branch with what it is doing.
+async fn branches(State(node): State<Arc<Node>>) -> Json<Value> {
+    let Some(pe) = &node.pod_eni else {
+        return Json(json!({ "enabled": false }));
+    };
+    let pool = pe.pool();
+    let counts = pool.counts();
+    let branches: Vec<Value> = pool.branches().map(branch_json).collect();
+    Json(json!({
+        "enabled": true,
+        "enforcingMode": crate::config::mode_name(pe.enforcing_mode),
+        "instanceType": pe.instance_type,
+        "branchLimit": pe.limit.count(),
+        "warmTarget": pe.warm_target,
+        "cooldownSeconds": pe.cooldown.as_secs(),
+        "trunk": pe.trunk().map(|t| trunk_json(&t)),
+        "warm": counts.warm,
+        "cooling": counts.cooling,
+        "inUse": counts.in_use,
+        "vlanIds": pool.vlans_in_use(),
+        "branches": branches,
+    }))
+}
+
+fn branch_json(b: &Branch) -> Value {
+    let mut value = json!({
+        "eniId": b.eni_id,
+        "vlanId": b.vlan_id,
+        "mac": b.mac,
+        "ipv4": b.ip.to_string(),
+        "subnetCidr": b.subnet.to_string(),
+        "associationId": b.association_id,
+        "securityGroups": b.groups.ids().collect::<Vec<_>>(),
+        "state": b.state.name(),
+    });
+    match &b.state {
+        BranchState::Held(h) => {
+            value["pod"] = json!({
+                "namespace": h.namespace,
+                "name": h.name,
+                "uid": h.uid,
+                "assignedTime": rfc3339(h.since),
+            });
+        }
+        BranchState::Cooling(since) => value["releasedTime"] = json!(rfc3339(*since)),
+        BranchState::Warm | BranchState::Busy => {}
+    }
+    value
 }
 
 async fn env_settings(State(node): State<Arc<Node>>) -> Json<BTreeMap<&'static str, String>> {

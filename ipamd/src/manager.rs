@@ -206,7 +206,7 @@ impl Manager {
             let n = pool::request_size(&self.node.targets, stats, slots - eni.slots_used);
             return self.add_addresses(&eni.id, n).await;
         }
-        if (usage.len() as u32) < self.node.limits.max_enis {
+        if (usage.len() as u32) < self.node.max_enis() {
             let n = pool::request_size(&self.node.targets, stats, slots);
             return self.add_eni(n).await;
         }

@@ -12,6 +12,7 @@ use crate::datastore::{Datastore, Stats};
 use crate::imds::Identity;
 use crate::metrics::{Metrics, PoolGauges};
 use crate::pool::{Limits, Targets};
+use crate::sgp::service::PodEni;
 
 pub struct Node {
     pub config: Config,
@@ -25,6 +26,10 @@ pub struct Node {
     /// Tells waiting ADDs the pool may have grown.
     pool_changed: Notify,
     terminating: AtomicBool,
+    /// One ENI slot is the trunk's: attached, or kept free for it while it is being made.
+    trunk_slot: AtomicBool,
+    /// Security groups for pods, when ENABLE_POD_ENI is on.
+    pub pod_eni: Option<Arc<PodEni>>,
 }
 
 impl Node {
@@ -45,7 +50,32 @@ impl Node {
             pool_wake: Notify::new(),
             pool_changed: Notify::new(),
             terminating: AtomicBool::new(false),
+            trunk_slot: AtomicBool::new(false),
+            pod_eni: None,
         }
+    }
+
+    pub fn with_pod_eni(mut self, pod_eni: Arc<PodEni>) -> Self {
+        self.pod_eni = Some(pod_eni);
+        self
+    }
+
+    /// Takes (true) or gives back (false) the trunk's ENI slot.
+    pub fn set_trunk_slot(&self, taken: bool) {
+        let was = self.trunk_slot.swap(taken, Ordering::SeqCst);
+        if was != taken {
+            tracing::info!(taken, "trunk eni slot");
+        }
+    }
+
+    pub fn trunk_slot_taken(&self) -> bool {
+        self.trunk_slot.load(Ordering::SeqCst)
+    }
+
+    /// ENIs the address pool may have: the limit less the trunk's slot.
+    pub fn max_enis(&self) -> u32 {
+        let trunk = u32::from(self.trunk_slot_taken());
+        self.limits.max_enis.saturating_sub(trunk)
     }
 
     /// The datastore lock. Never held across an await: EC2 and netlink calls happen outside.
@@ -93,8 +123,8 @@ impl Node {
             self.limits.slots_per_eni
         };
         PoolGauges {
-            eni_max: self.limits.max_enis,
-            ip_max: self.limits.max_enis * per_eni,
+            eni_max: self.max_enis(),
+            ip_max: self.max_enis() * per_eni,
             eni_allocated: ds.enis().count() as u32,
             total_ip_addresses: stats.total,
             assigned_ip_addresses: stats.assigned,

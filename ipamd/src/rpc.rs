@@ -24,6 +24,11 @@ use crate::datastore::{Assignment, DatastoreError, Key, PodMeta};
 use crate::keys::KeyTable;
 use crate::names;
 use crate::node::Node;
+use crate::sgp::pool::Branch;
+use crate::sgp::service::{AddOutcome, Granted};
+
+/// Route tables of branch pods: 100 + VLAN id, above every ENI table (device index + 1 ≤ 100).
+pub const BRANCH_TABLE_BASE: u32 = 100;
 
 /// How long an ADD waits for the pool manager to find an address before answering
 /// Success=false (the plugin has a deadline of its own a little above this).
@@ -72,6 +77,16 @@ fn metadata(a: &Assignment) -> IpAllocationMetadata {
         i_pv4_addr: a.ip.to_string(),
         device_number: a.device_index as i32,
         route_table_id: a.route_table as i32,
+        ..Default::default()
+    }
+}
+
+/// The branch's primary address: no ENI device on the node, table 100 + VLAN id.
+fn branch_metadata(b: &Branch) -> IpAllocationMetadata {
+    IpAllocationMetadata {
+        i_pv4_addr: b.ip.to_string(),
+        device_number: -1,
+        route_table_id: (BRANCH_TABLE_BASE + u32::from(b.vlan_id)) as i32,
         ..Default::default()
     }
 }
@@ -135,6 +150,101 @@ impl Backend {
         }
     }
 
+    fn branch_reply(&self, g: &Granted) -> AddNetworkReply {
+        let b = &g.branch;
+        AddNetworkReply {
+            success: true,
+            ip_allocation_metadata: vec![branch_metadata(b)],
+            vp_cv4_cid_rs: self
+                .node
+                .identity
+                .vpc_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            pod_vlan_id: i32::from(b.vlan_id),
+            pod_enimac: b.mac.clone(),
+            pod_eni_subnet_gw: crate::host::gateway(&b.subnet).to_string(),
+            parent_if_index: g.parent_ifindex as i32,
+            eniid: b.eni_id.clone(),
+            subnet_cidr: b.subnet.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// A branch for the pod when it gets one; `None` for a regular pod. Runs under the key's
+    /// lock, so a repeated ADD waits for the first.
+    async fn add_branch(
+        &self,
+        key: &Key,
+        r: &AddNetworkRequest,
+    ) -> Result<Option<AddNetworkReply>, Status> {
+        let Some(pe) = &self.node.pod_eni else {
+            return Ok(None);
+        };
+        let guard = self.keys.enter_add(key);
+        let _held = guard.lock().await;
+        if self.node.datastore().allocation(key).is_some() {
+            // Served as a regular pod before: a repeated ADD gets the same address.
+            return Ok(None);
+        }
+        let outcome = pe
+            .add(
+                &self.node,
+                key,
+                &r.k8s_pod_namespace,
+                &r.k8s_pod_name,
+                &r.k8s_pod_uid,
+            )
+            .await
+            .map_err(persist_failure)?;
+        let reply = match outcome {
+            AddOutcome::Regular => return Ok(None),
+            AddOutcome::Branch(g) => {
+                tracing::info!(eni = %g.branch.eni_id, vlan_id = g.branch.vlan_id, ip = %g.branch.ip,
+                    parent_ifindex = g.parent_ifindex, "branch eni assigned");
+                self.branch_reply(&g)
+            }
+            AddOutcome::Refused(reason) => {
+                tracing::warn!(reason = %reason, "branch pod not served");
+                AddNetworkReply {
+                    success: false,
+                    failure_reason: reason,
+                    ..Default::default()
+                }
+            }
+        };
+        Ok(Some(reply))
+    }
+
+    /// Releases the branch held under the key, if any, under the key's lock.
+    async fn release_branch(
+        &self,
+        key: &Key,
+        r: &DelNetworkRequest,
+    ) -> Result<Option<Branch>, Status> {
+        let Some(pe) = &self.node.pod_eni else {
+            return Ok(None);
+        };
+        let guard = self.keys.enter_del(key);
+        let _held = guard.lock().await;
+        let released = pe.release(&self.node, key).map_err(persist_failure)?;
+        match &released {
+            Some(b) => {
+                tracing::info!(eni = %b.eni_id, vlan_id = b.vlan_id, cooldown_s = pe.cooldown.as_secs(), "branch eni released")
+            }
+            None => {
+                // A DEL for an older pod of the same name leaves the newer pod's branch alone.
+                if let Some(b) = pe.held_by_pod(&r.k8s_pod_namespace, &r.k8s_pod_name) {
+                    let holder_uid = b.holder().map(|h| h.uid.clone()).unwrap_or_default();
+                    tracing::info!(eni = %b.eni_id, del_uid = %r.k8s_pod_uid, holder_uid = %holder_uid,
+                        "branch of a pod of this name belongs to another sandbox, left alone");
+                }
+            }
+        }
+        Ok(released)
+    }
+
     /// Cancels a waiting ADD of the key, then releases under the key's lock.
     async fn release(
         &self,
@@ -189,6 +299,9 @@ impl CniBackend for Backend {
         };
         let span = tracing::info_span!("add", key = %key, pod_namespace = %meta.namespace, pod = %meta.name);
         self.node.metrics.add_ip_request();
+        if let Some(reply) = self.add_branch(&key, &r).instrument(span.clone()).await? {
+            return Ok(Response::new(reply));
+        }
         match self.assign(&key, meta).instrument(span.clone()).await? {
             Ok(a) => {
                 span.in_scope(|| tracing::info!(ip = %a.ip, eni = %a.eni_id, table = a.route_table, "address assigned"));
@@ -218,6 +331,19 @@ impl CniBackend for Backend {
         } else {
             &r.reason
         });
+        if let Some(b) = self
+            .release_branch(&key, &r)
+            .instrument(span.clone())
+            .await?
+        {
+            return Ok(Response::new(DelNetworkReply {
+                success: true,
+                found: true,
+                ip_allocation_metadata: vec![branch_metadata(&b)],
+                pod_vlan_id: i32::from(b.vlan_id),
+                ..Default::default()
+            }));
+        }
         let released = self
             .release(&key, &r.k8s_pod_namespace, &r.k8s_pod_name)
             .instrument(span)
@@ -288,6 +414,13 @@ impl CniBackend for Backend {
                 released.push(entry);
             }
         }
+        if let Some(pe) = &self.node.pod_eni {
+            for key in pe.collectable(&r.network_name, &valid, GC_MIN_AGE, now) {
+                if let Some(entry) = self.collect_branch(&key).await? {
+                    released.push(entry);
+                }
+            }
+        }
         Ok(Response::new(GarbageCollectReply { released }))
     }
 }
@@ -321,6 +454,35 @@ impl Backend {
                 route_table_id: a.route_table as i32,
                 pod_namespace: meta.namespace,
                 pod_name: meta.name,
+            }
+        }))
+    }
+}
+
+impl Backend {
+    /// Releases one stale branch attachment unless an RPC for it is running.
+    async fn collect_branch(&self, key: &Key) -> Result<Option<ReleasedAttachment>, Status> {
+        let Some(pe) = &self.node.pod_eni else {
+            return Ok(None);
+        };
+        let guard = self.keys.enter_other(key);
+        if guard.others() > 0 {
+            return Ok(None);
+        }
+        let _held = guard.lock().await;
+        let Some(holder) = pe.held_by_key(key).and_then(|b| b.holder().cloned()) else {
+            return Ok(None);
+        };
+        let released = pe.release(&self.node, key).map_err(persist_failure)?;
+        Ok(released.map(|b| {
+            tracing::info!(key = %key, eni = %b.eni_id, vlan_id = b.vlan_id, "garbage-collected branch attachment");
+            ReleasedAttachment {
+                container_id: key.container_id.clone(),
+                if_name: key.if_name.clone(),
+                i_pv4_addr: b.ip.to_string(),
+                route_table_id: branch_metadata(&b).route_table_id,
+                pod_namespace: holder.namespace,
+                pod_name: holder.name,
             }
         }))
     }

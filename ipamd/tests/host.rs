@@ -321,3 +321,69 @@ async fn pod_state_reads_veths_routes_and_rules_and_stale_rules_go() {
         .iter()
         .all(|r| r["dst"] == "10.0.0.24" || r["src"] == "10.0.0.24"));
 }
+
+#[tokio::test]
+async fn trunk_eni_is_plumbed_without_a_source_rule() {
+    let ns = Namespaces::new("trunk");
+    ns.plug("eth2", "02:aa:00:00:00:03");
+    let host = ns.host().await;
+    let trunk = EniInfo {
+        id: "eni-trunk".into(),
+        device_index: 2,
+        primary_ip: "10.0.0.31".parse().unwrap(),
+        ..eni("02:aa:00:00:00:03")
+    };
+    host.setup_trunk_eni(&trunk).await.unwrap();
+
+    let link = &ns.node_ip(&["addr", "show", "dev", "eth2"])[0];
+    assert!(
+        link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{link}"
+    );
+    let table = ns.node_ip(&["route", "show", "table", "3"]);
+    assert!(
+        table.as_array().unwrap().iter().any(|r| r["dst"] == "default"),
+        "table 3: {table}"
+    );
+    assert!(
+        rules_with_priority(&ns, 32765).is_empty(),
+        "the trunk must not get rule 32765"
+    );
+    let index = host
+        .link_index_by_mac("eni-trunk", "02:AA:00:00:00:03")
+        .await
+        .unwrap();
+    assert_eq!(index, link["ifindex"].as_u64().map(|i| i as u32));
+    let none = host
+        .link_index_by_mac("eni-x", "02:aa:00:00:00:99")
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+}
+
+#[tokio::test]
+async fn local_rule_moves_to_priority_20_once() {
+    let ns = Namespaces::new("local");
+    let host = ns.host().await;
+    let local_rules = || -> Vec<u64> {
+        let rules = ns.node_ip(&["rule", "show"]);
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["table"] == "local" && r.get("src").is_none_or(|s| s == "all"))
+            .map(|r| r["priority"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(local_rules(), vec![0], "a fresh namespace has the kernel's rule");
+    assert!(host.move_local_rule().await.unwrap());
+    assert_eq!(local_rules(), vec![20]);
+    assert!(!host.move_local_rule().await.unwrap(), "second run changes nothing");
+    assert_eq!(local_rules(), vec![20]);
+
+    // Interrupted between the add and the delete: the next run finishes the move.
+    ip(&["-n", &ns.node, "rule", "add", "pref", "0", "lookup", "local"]);
+    assert_eq!(local_rules(), vec![0, 20]);
+    assert!(host.move_local_rule().await.unwrap());
+    assert_eq!(local_rules(), vec![20]);
+}

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -110,6 +110,8 @@ pub struct Caches {
     pub pods: Store<Pod>,
     pub service_accounts: Store<ServiceAccount>,
     pub policies: Store<SecurityGroupPolicy>,
+    /// False when the SecurityGroupPolicy resource is not installed: the store stays empty.
+    pub policies_watched: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -126,18 +128,41 @@ impl Caches {
     /// ServiceAccount and SecurityGroupPolicy (policies of any namespace may select a pod that
     /// lands here later).
     pub fn start(client: &Client, node_name: &str) -> Self {
+        Self::start_with(client, node_name, true)
+    }
+
+    /// As [`Self::start`]; without `watch_policies` the policy store is empty and synced from
+    /// the start, for clusters that never installed the SecurityGroupPolicy resource.
+    pub fn start_with(client: &Client, node_name: &str, watch_policies: bool) -> Self {
         let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
         let (pods, pod_task) = watch("pods", Api::all(client.clone()), node_pods);
         let all = watcher::Config::default();
         let (service_accounts, sa_task) =
             watch("serviceaccounts", Api::all(client.clone()), all.clone());
-        let (policies, sgp_task) = watch("securitygrouppolicies", Api::all(client.clone()), all);
+        let mut tasks = vec![pod_task, sa_task];
+        let policies = if watch_policies {
+            let (store, task) = watch("securitygrouppolicies", Api::all(client.clone()), all);
+            tasks.push(task);
+            store
+        } else {
+            empty_store()
+        };
         Self {
             pods,
             service_accounts,
             policies,
-            tasks: vec![pod_task, sa_task, sgp_task],
+            policies_watched: watch_policies,
+            tasks,
         }
+    }
+
+    /// Whether every watch has completed its first full list, without waiting.
+    pub fn synced(&self) -> bool {
+        let ready =
+            |f: Option<Result<(), reflector::store::WriterDropped>>| f.is_some_and(|r| r.is_ok());
+        ready(self.pods.wait_until_ready().now_or_never())
+            && ready(self.service_accounts.wait_until_ready().now_or_never())
+            && ready(self.policies.wait_until_ready().now_or_never())
     }
 
     /// Waits until each watch has completed its first full list.
@@ -214,6 +239,48 @@ impl Caches {
             .pod(namespace, name)
             .ok_or_else(|| KubeError::PodNotFound(format!("{namespace}/{name}")))?;
         branch_of(&pod, trunk_max_vlan)
+    }
+}
+
+/// A store that is ready and stays empty.
+fn empty_store<K>() -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
+/// Blocks until the API server answers, retrying with backoff (1 s doubling to 30 s) and
+/// logging why each attempt failed: without it no branch pod can be served.
+pub async fn wait_for_api(client: &Client) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match client.apiserver_version().await {
+            Ok(version) => {
+                tracing::info!(version = %version.git_version, "kubernetes api server answers");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), retry_in_s = delay.as_secs(),
+                    "kubernetes api server not reachable, ENABLE_POD_ENI needs it");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Whether the API server serves SecurityGroupPolicies (its CRD is installed).
+pub async fn policies_installed(client: &Client) -> Result<bool, KubeError> {
+    let policies: Api<SecurityGroupPolicy> = Api::all(client.clone());
+    match policies.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(source) => Err(api_error("list", "securitygrouppolicies".into(), source)),
     }
 }
 
@@ -332,6 +399,14 @@ impl NodeClient {
             "pod annotated with its branch eni"
         );
         Ok(())
+    }
+
+    /// The pod from the API server, for when the cache has not seen it yet.
+    pub async fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, KubeError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        pods.get_opt(name)
+            .await
+            .map_err(|source| api_error("get", format!("pod {namespace}/{name}"), source))
     }
 
     /// Reads the pod from the API server rather than the cache, for when the cache may lag.

@@ -6,7 +6,13 @@
 
 pub mod annotation;
 pub mod kube;
+pub mod limits;
+pub mod manager;
 pub mod policy;
+pub mod pool;
+pub mod restore;
+pub mod service;
+pub mod trunk;
 pub mod vlan;
 pub mod warm;
 

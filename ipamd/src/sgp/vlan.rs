@@ -13,7 +13,7 @@ pub const MAX_VLAN_ID: u16 = 4094;
 /// No instance type carries more branch ENIs than this, so no trunk needs a higher id.
 pub const MAX_TRUNK_VLAN_ID: u16 = 120;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum VlanError {
     #[error("instance type supports no branch enis")]
     NoTrunking,
