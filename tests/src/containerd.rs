@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PortMapping, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
@@ -96,6 +97,33 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 }
 
 async fn connect(socket: PathBuf) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+    Ok(RuntimeServiceClient::new(channel(socket).await?))
+}
+
+/// Waits until the CRI image store knows the pause image. An import only records it; the CRI
+/// plugin learns of it from an event, and a RunPodSandbox that comes first tries to pull it.
+async fn wait_for_pause_image(socket: PathBuf) -> anyhow::Result<()> {
+    let mut images = ImageServiceClient::new(channel(socket).await?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let req = ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: PAUSE_IMAGE.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        if images.image_status(req).await?.into_inner().image.is_some() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("containerd does not list {PAUSE_IMAGE} 20s after the import");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn channel(socket: PathBuf) -> anyhow::Result<Channel> {
     let ch = Endpoint::try_from("http://containerd.local")?
         .timeout(Duration::from_secs(60))
         .connect_with_connector(tower::service_fn(move |_| {
@@ -106,7 +134,7 @@ async fn connect(socket: PathBuf) -> anyhow::Result<RuntimeServiceClient<Channel
             }
         }))
         .await?;
-    Ok(RuntimeServiceClient::new(ch))
+    Ok(ch)
 }
 
 impl Containerd {
@@ -145,6 +173,7 @@ impl Containerd {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        rt.block_on(wait_for_pause_image(socket.clone()))?;
         let client = rt.block_on(connect(socket.clone()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -162,7 +191,23 @@ impl Containerd {
         name: &str,
         ports: &[(i32, i32)],
     ) -> anyhow::Result<String> {
+        self.run_pod_annotated(namespace, name, ports, &[])
+    }
+
+    /// RunPodSandbox for a pod with `annotations`, which containerd hands to CNI plugins that
+    /// ask for them (bandwidth limits, pod annotations).
+    pub fn run_pod_annotated(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ports: &[(i32, i32)],
+        annotations: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let config = PodSandboxConfig {
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
                 uid: format!("uid-{namespace}-{name}"),

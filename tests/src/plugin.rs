@@ -143,3 +143,51 @@ pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
     let digest = Sha1::digest(format!("{namespace}.{name}").as_bytes());
     format!("{prefix}{}", &hex::encode(digest)[..11])
 }
+
+/// The `CNI_*` variables a runtime sets for `command` on `pod`, with `CNI_PATH` pointing at the
+/// reference plugins.
+pub fn cni_env(command: &str, pod: &Pod) -> Vec<(String, String)> {
+    [
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", pod.container_id.clone()),
+        ("CNI_NETNS", pod.netns.clone()),
+        ("CNI_IFNAME", pod.ifname.clone()),
+        ("CNI_ARGS", pod.cni_args()),
+        ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Runs any CNI plugin binary inside `netns` with exactly `env` (plus PATH, which chained
+/// plugins need to find iptables and tc) and `stdin`, as a runtime runs one link of a chain.
+pub fn exec(
+    netns: &str,
+    binary: &std::path::Path,
+    env: &[(String, String)],
+    stdin: &[u8],
+) -> anyhow::Result<Outcome> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(binary)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    // A plugin that fails before reading its config closes the pipe; its answer still counts.
+    match child.stdin.take().expect("stdin").write_all(stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    let out = child.wait_with_output()?;
+    Ok(Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
