@@ -91,7 +91,8 @@ impl Ipamd {
                 return Some(false);
             }
             self.healthy().then_some(true)
-        })?;
+        })
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log_tail(60)))?;
         if !ready {
             anyhow::bail!("ipamd exited during start-up; log:\n{}", self.log_tail(60));
         }

@@ -68,12 +68,24 @@ impl Drop for Guard {
     }
 }
 
-/// Polls `probe` every 50 ms until it returns Some or `timeout` passes.
+/// `d` stretched by `HARNESS_TIMEOUT_SCALE` (a factor, default 1): a User-mode Linux guest has
+/// one slow CPU, and waits sized for the host are too short there.
+pub fn scaled(d: Duration) -> Duration {
+    let factor: f64 = std::env::var("HARNESS_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|f: &f64| *f >= 1.0)
+        .unwrap_or(1.0);
+    d.mul_f64(factor)
+}
+
+/// Polls `probe` every 50 ms until it returns Some or `timeout` (scaled) passes.
 pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
     mut probe: impl FnMut() -> Option<T>,
 ) -> anyhow::Result<T> {
+    let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe() {

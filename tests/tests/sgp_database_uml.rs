@@ -12,7 +12,7 @@ use harness::{bins, uml};
 fn database_admits_the_catalog_pod_and_refuses_the_other_in_both_modes() {
     let scenario = bins::path("vpc-sgp-scenario");
     let script = format!(
-        "export KUBE_READY_TIMEOUT_SECONDS=300 RUST_BACKTRACE=1\n\
+        "export KUBE_READY_TIMEOUT_SECONDS=300 HARNESS_TIMEOUT_SCALE=4 RUST_BACKTRACE=1\n\
          ip link set lo up\n\
          exec {}\n",
         scenario.display()
