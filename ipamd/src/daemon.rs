@@ -18,6 +18,7 @@ use crate::datastore::{Datastore, EniInfo};
 use crate::ec2::{self, Ec2, Ec2Error, EniDescription, InstanceLimits};
 use crate::host::{Host, HostError, LinkWait};
 use crate::imds::{Identity, Imds, ImdsError};
+use crate::firewall::FirewallConfig;
 use crate::install::InstallConfig;
 use crate::introspection::{self, HttpError};
 use crate::manager::Manager;
@@ -58,7 +59,11 @@ pub enum DaemonError {
     PodEni(#[from] PodEniError),
 }
 
-pub async fn run(config: Config, install: InstallConfig) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    install: InstallConfig,
+    firewall: FirewallConfig,
+) -> Result<(), DaemonError> {
     for key in &config.ignored_eni_tags {
         tracing::warn!(key = %key, "ignoring ADDITIONAL_ENI_TAGS key reserved for ipamd");
     }
@@ -73,6 +78,13 @@ pub async fn run(config: Config, install: InstallConfig) -> Result<(), DaemonErr
         _ = sigint.recv() => return Ok(()),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Without the marks only NodePort/hostPort traffic to pods on secondary ENIs breaks:
+    // worth an error in the log, not a node that cannot run pods at all.
+    let veth_prefix = node.config.veth_prefix.clone();
+    match crate::firewall::apply(firewall, &node.identity.primary_mac, &veth_prefix).await {
+        Ok(()) => tracing::info!(mark = firewall.mark, "nodeport connmark in place"),
+        Err(e) => tracing::error!(error = %e, "nodeport connmark not installed"),
+    }
     let mut tasks = start(node.clone(), ec2, host, stop_rx.clone())?;
     // A one-shot job, not a server: it must not count as one that stopped on its own.
     tokio::spawn(crate::install::when_ready(node.clone(), install, stop_rx));

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod datastore;
 pub mod ec2;
+pub mod firewall;
 pub mod host;
 pub mod imds;
 pub mod install;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipamd::config::Config;
+use ipamd::firewall::FirewallConfig;
 use ipamd::install::{InstallConfig, DISABLE_TCP_EARLY_DEMUX};
 
 const USAGE: &str = "usage: ipamd [init | probe [--timeout-seconds N]]\n\
@@ -33,8 +34,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let firewall = match FirewallConfig::from_lookup(|n| std::env::var(n).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ipamd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match args.first().map(String::as_str) {
-        None => daemon(config, install),
+        None => daemon(config, install, firewall),
         Some("init") => init(&config, &install),
         Some("probe") => probe(&config, &args[1..]),
         Some(other) => {
@@ -51,7 +59,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn daemon(config: Config, install: InstallConfig) -> ExitCode {
+fn daemon(config: Config, install: InstallConfig, firewall: FirewallConfig) -> ExitCode {
     if let Err(e) = ipamd::logging::init(&config) {
         eprintln!("ipamd: open log: {e}");
         return ExitCode::FAILURE;
@@ -59,7 +67,7 @@ fn daemon(config: Config, install: InstallConfig) -> ExitCode {
     // Two workers: ipamd mostly waits on EC2 and the kernel; more threads only cost memory.
     let result = match runtime(2) {
         Ok(rt) => rt
-            .block_on(ipamd::daemon::run(config, install))
+            .block_on(ipamd::daemon::run(config, install, firewall))
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("tokio runtime: {e}")),
     };

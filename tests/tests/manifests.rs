@@ -384,6 +384,7 @@ fn daemon_reads() -> BTreeSet<&'static str> {
         .copied()
         .chain(sgp)
         .chain(install)
+        .chain(ipamd::firewall::ENV_VARS.iter().copied())
         .filter(|v| !NOT_SHIPPED.contains(v))
         .collect()
 }
