@@ -24,7 +24,9 @@ fn main() -> anyhow::Result<()> {
 
     // On a node the checkpoint lives in /var/run/aws-node, a tmpfs; /dev/shm is this
     // machine's tmpfs. On the test disk each atomic write's two fsyncs alone cost ~8 ms.
-    let store = tempfile::Builder::new().prefix("vpc-bench").tempdir_in("/dev/shm")?;
+    let store = tempfile::Builder::new()
+        .prefix("vpc-bench")
+        .tempdir_in("/dev/shm")?;
     let checkpoint = store.path().join("ipam.json").display().to_string();
     let node = Node::start(&[
         ("WARM_IP_TARGET", "5"),
