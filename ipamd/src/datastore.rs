@@ -1112,11 +1112,19 @@ mod tests {
         ds.set_branch_records(vec![record.clone()]).unwrap();
         assert_eq!(fake.last().branch_enis, vec![record.clone()]);
         ds.assign(&key("c1"), meta("a"), t(1)).unwrap();
-        assert_eq!(fake.last().branch_enis, vec![record.clone()], "kept by later writes");
+        assert_eq!(
+            fake.last().branch_enis,
+            vec![record.clone()],
+            "kept by later writes"
+        );
 
         fake.fail(true);
         assert!(ds.set_branch_records(vec![]).is_err());
-        assert_eq!(ds.branch_records(), [record], "failed write changes nothing");
+        assert_eq!(
+            ds.branch_records(),
+            [record],
+            "failed write changes nothing"
+        );
     }
 
     #[test]

@@ -103,6 +103,8 @@ async fn branches(State(node): State<Arc<Node>>) -> Json<Value> {
         "warmTarget": pe.warm_target,
         "cooldownSeconds": pe.cooldown.as_secs(),
         "trunk": pe.trunk().map(|t| trunk_json(&t)),
+        "trunkSlotReserved": node.trunk_slot_taken(),
+        "addressPoolMaxEnis": node.max_enis(),
         "warm": counts.warm,
         "cooling": counts.cooling,
         "inUse": counts.in_use,

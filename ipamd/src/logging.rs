@@ -9,7 +9,9 @@ use crate::config::{Config, LogTarget};
 
 /// Libraries whose debug output would drown ipamd's own (every HTTP exchange with EC2).
 /// Directives match targets by prefix, so "aws_" covers the whole SDK.
-const QUIET: &[&str] = &["aws_", "hyper", "h2", "tower", "rustls", "tonic", "axum"];
+const QUIET: &[&str] = &[
+    "aws_", "hyper", "h2", "tower", "rustls", "tonic", "axum", "kube",
+];
 
 pub fn init(config: &Config) -> std::io::Result<()> {
     let mut filter = EnvFilter::new(config.log_level.to_string());

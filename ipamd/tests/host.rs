@@ -342,7 +342,11 @@ async fn trunk_eni_is_plumbed_without_a_source_rule() {
     );
     let table = ns.node_ip(&["route", "show", "table", "3"]);
     assert!(
-        table.as_array().unwrap().iter().any(|r| r["dst"] == "default"),
+        table
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default"),
         "table 3: {table}"
     );
     assert!(
@@ -375,14 +379,23 @@ async fn local_rule_moves_to_priority_20_once() {
             .map(|r| r["priority"].as_u64().unwrap())
             .collect()
     };
-    assert_eq!(local_rules(), vec![0], "a fresh namespace has the kernel's rule");
+    assert_eq!(
+        local_rules(),
+        vec![0],
+        "a fresh namespace has the kernel's rule"
+    );
     assert!(host.move_local_rule().await.unwrap());
     assert_eq!(local_rules(), vec![20]);
-    assert!(!host.move_local_rule().await.unwrap(), "second run changes nothing");
+    assert!(
+        !host.move_local_rule().await.unwrap(),
+        "second run changes nothing"
+    );
     assert_eq!(local_rules(), vec![20]);
 
     // Interrupted between the add and the delete: the next run finishes the move.
-    ip(&["-n", &ns.node, "rule", "add", "pref", "0", "lookup", "local"]);
+    ip(&[
+        "-n", &ns.node, "rule", "add", "pref", "0", "lookup", "local",
+    ]);
     assert_eq!(local_rules(), vec![0, 20]);
     assert!(host.move_local_rule().await.unwrap());
     assert_eq!(local_rules(), vec![20]);

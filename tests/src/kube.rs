@@ -81,6 +81,22 @@ impl ApiServer {
         self.dir.path()
     }
 
+    /// The API server's loopback address.
+    pub fn addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let host_port = self.url.trim_start_matches("https://");
+        host_port
+            .parse()
+            .with_context(|| format!("api server url {}", self.url))
+    }
+
+    /// Writes a kubeconfig at `path` for the same admin user and CA that reaches the API
+    /// server at `url` (a relay's address, say).
+    pub fn kubeconfig_via(&self, url: &str, path: &Path) -> anyhow::Result<()> {
+        let cert = self.dir().join("certs/apiserver.crt");
+        fs::write(path, kubeconfig_yaml(url, &cert))
+            .with_context(|| format!("write kubeconfig {}", path.display()))
+    }
+
     /// A client that acts as a cluster admin.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let file = Kubeconfig::read_from(&self.kubeconfig)?;

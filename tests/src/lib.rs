@@ -8,6 +8,7 @@ pub mod demo;
 pub mod introspect;
 pub mod ipamd;
 pub mod kube;
+pub mod loopback;
 pub mod netns;
 pub mod node;
 pub mod plugin;

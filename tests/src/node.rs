@@ -5,12 +5,16 @@ use serde_json::Value;
 
 use crate::demo::{demo_scenario, node_netconf};
 use crate::ipamd::Ipamd;
+use crate::kube::ApiServer;
+use crate::loopback::Relay;
 use crate::netns::{ip_json, Netns};
 use crate::plugin::{self, Outcome, Pod};
 use crate::vpc::{Instance, Vpc};
 
 pub struct Node {
     pub ipamd: Ipamd,
+    /// Carries ipamd's API server traffic when the node was started with one.
+    pub kube_relay: Option<Relay>,
     pub conf: Value,
     pub instance: Instance,
     // Dropped last: ipamd must stop before the VPC goes away.
@@ -36,6 +40,46 @@ impl Node {
         let conf = node_netconf(&ipamd, &vpc.dir());
         Ok(Self {
             ipamd,
+            kube_relay: None,
+            conf,
+            instance,
+            vpc,
+        })
+    }
+
+    /// As [`Node::start_with`], with ipamd reaching `api` through a relay into the node's
+    /// namespace and a kubeconfig of its own (KUBECONFIG); `env` adds ENABLE_POD_ENI and the
+    /// rest.
+    pub fn start_with_kube(
+        scenario: &Value,
+        env: &[(&str, &str)],
+        api: &ApiServer,
+    ) -> anyhow::Result<Self> {
+        Self::start_with_kube_prepared(scenario, env, api, |_| Ok(()))
+    }
+
+    /// As [`Node::start_with_kube`]; `prepare` runs on the VPC before ipamd starts (to inject
+    /// faults, say).
+    pub fn start_with_kube_prepared(
+        scenario: &Value,
+        env: &[(&str, &str)],
+        api: &ApiServer,
+        prepare: impl FnOnce(&Vpc) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let vpc = Vpc::start(scenario)?;
+        let instance = vpc.node().clone();
+        let relay = Relay::start(&instance.netns, api.addr()?)?;
+        let kubeconfig = vpc.dir().join("kubeconfig");
+        api.kubeconfig_via(&format!("https://127.0.0.1:{}", relay.port), &kubeconfig)?;
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut all = vec![("KUBECONFIG", kubeconfig.as_str())];
+        all.extend_from_slice(env);
+        prepare(&vpc)?;
+        let ipamd = Ipamd::start(&instance, Ipamd::env_for(&instance, &vpc.dir(), &all))?;
+        let conf = node_netconf(&ipamd, &vpc.dir());
+        Ok(Self {
+            ipamd,
+            kube_relay: Some(relay),
             conf,
             instance,
             vpc,

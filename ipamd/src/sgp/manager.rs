@@ -26,7 +26,7 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 const ORPHAN_MIN_AGE: Duration = Duration::from_secs(60);
 /// Failed trunk attempts before the ENI slot kept for it goes back to the address pool.
 const TRUNK_SLOT_ATTEMPTS: u32 = 3;
-const TRUNK_RETRY_BASE: Duration = Duration::from_secs(5);
+/// Trunk attempts back off from two pool intervals, doubling, up to this.
 const TRUNK_RETRY_CAP: Duration = Duration::from_secs(300);
 /// Pause after a failed warm-pool step; doubles per failure up to the cap.
 const FAILURE_BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -182,8 +182,11 @@ impl BranchManager {
 
     async fn trunk_failed(&mut self, e: &TrunkError) {
         self.trunk_failures += 1;
-        let delay = TRUNK_RETRY_BASE
-            .saturating_mul(1 << self.trunk_failures.min(8))
+        let delay = self
+            .node
+            .config
+            .pool_interval
+            .saturating_mul(1 << self.trunk_failures.min(10))
             .min(TRUNK_RETRY_CAP);
         self.next_trunk_try = Instant::now() + delay;
         tracing::error!(error = %e, attempts = self.trunk_failures, retry_in_s = delay.as_secs(), "trunk eni creation failed");

@@ -152,6 +152,7 @@ impl PodEni {
         me.report_limit().await;
         if me.enforcing_mode == SgEnforcingMode::Strict {
             me.move_local_rule().await?;
+            warn_about_early_demux();
         }
         me.restore(s.identity, s.trunk, &s.records).await?;
         ds.set_branch_records(me.lock().pool.records())?;
@@ -633,6 +634,23 @@ impl PodEni {
             })
             .map(|h| h.key.clone())
             .collect()
+    }
+}
+
+/// In strict mode the kubelet's probes leave through the primary ENI and come back through
+/// the branch; with TCP early demux on, the kernel can match the returning SYN-ACK to the wrong
+/// socket and probes time out. The init container turns it off (DISABLE_TCP_EARLY_DEMUX); the
+/// value that counts is the one the kernel has now.
+fn warn_about_early_demux() {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_early_demux";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() != "0" => tracing::warn!(
+            sysctl = PATH,
+            value = v.trim(),
+            "tcp early demux is on: kubelet probes of strict-mode branch pods can time out; set DISABLE_TCP_EARLY_DEMUX=true for the init container"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(sysctl = PATH, error = %e, "could not read"),
     }
 }
 
