@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use vpc_cni::netlink::{Netlink, NetlinkError};
 
-use crate::checkpoint::{CheckpointError, JsonFile, Loaded};
+use crate::checkpoint::{CheckpointBranch, CheckpointError, JsonFile, Loaded};
 use crate::config::Config;
 use crate::datastore::{Datastore, EniInfo};
 use crate::ec2::{self, Ec2, Ec2Error, EniDescription, InstanceLimits};
@@ -123,7 +123,6 @@ async fn init_node(
     .await;
     let instance_limits = ec2.instance_limits(&identity.instance_type).await?;
     let attached = attached_enis(&ec2, &identity).await?;
-    let managed = &attached.managed;
 
     let host = Arc::new(Host::new(
         Netlink::current()?,
@@ -137,7 +136,7 @@ async fn init_node(
         _ => Vec::new(),
     };
     let mut ds = Datastore::new(Box::new(file), config.ip_cooldown, config.prefix_delegation);
-    for eni in managed {
+    for eni in &attached.managed {
         tag_adopted(&ec2, &config, &identity, eni).await;
         let info = eni_info(&imds, &identity, eni).await?;
         plumb(&host, &info).await?;
@@ -149,14 +148,52 @@ async fn init_node(
     ds.keep_branch_records(branch_records.clone());
     restore_allocations(&mut ds, &host, &config, loaded).await?;
 
-    let limits = pool_limits(&config, instance_limits, attached.unmanaged);
+    let found = Found {
+        config,
+        identity,
+        metrics,
+        instance: instance_limits,
+        attached,
+        branch_records,
+    };
+    let node = build_node(found, ds, &ec2, &host).await?;
+    tracing::info!(stats = %node.stats(), "datastore ready");
+    Ok((node, ec2, host))
+}
+
+/// What start-up learned before the node is put together.
+struct Found {
+    config: Config,
+    identity: Identity,
+    metrics: Arc<Metrics>,
+    instance: InstanceLimits,
+    attached: Attached,
+    branch_records: Vec<CheckpointBranch>,
+}
+
+/// Pool limits, security groups for pods when enabled, and the trunk's ENI slot.
+async fn build_node(
+    found: Found,
+    mut ds: Datastore,
+    ec2: &Ec2,
+    host: &Arc<Host>,
+) -> Result<Arc<Node>, DaemonError> {
+    let Found {
+        config,
+        identity,
+        metrics,
+        instance,
+        attached,
+        branch_records,
+    } = found;
+    let limits = pool_limits(&config, instance, attached.unmanaged);
     let pod_eni = if config.pod_eni.enabled {
         let startup = Startup {
             config: &config,
             identity: &identity,
             ec2: ec2.clone(),
             host: host.clone(),
-            instance_max_enis: instance_limits.max_enis,
+            instance_max_enis: instance.max_enis,
             trunk: attached.trunk.as_ref(),
             records: branch_records,
         };
@@ -164,11 +201,11 @@ async fn init_node(
     } else {
         None
     };
-    let trunk_slot = keeps_trunk_slot(&attached, pod_eni.as_deref(), &config, instance_limits);
+    let trunk_slot = keeps_trunk_slot(&attached, pod_eni.as_deref(), &config, instance);
     tracing::info!(
         max_enis = limits.max_enis,
         slots_per_eni = limits.slots_per_eni,
-        managed = managed.len(),
+        managed = attached.managed.len(),
         unmanaged = attached.unmanaged,
         trunk = ?attached.trunk.as_ref().map(|t| &t.id),
         trunk_slot,
@@ -179,9 +216,7 @@ async fn init_node(
         node = node.with_pod_eni(pe);
     }
     node.set_trunk_slot(trunk_slot);
-    let node = Arc::new(node);
-    tracing::info!(stats = %node.stats(), "datastore ready");
-    Ok((node, ec2, host))
+    Ok(Arc::new(node))
 }
 
 /// Whether one ENI slot is the trunk's from the start: it is attached, or it is about to be

@@ -812,16 +812,6 @@ fn describe(action: &'static str, eni: &NetworkInterface) -> Result<EniDescripti
             instance_id: a.instance_id().map(str::to_string),
         })
     });
-    let tags = eni
-        .tag_set()
-        .iter()
-        .filter_map(|t| {
-            Some((
-                t.key()?.to_string(),
-                t.value().unwrap_or_default().to_string(),
-            ))
-        })
-        .collect();
     Ok(EniDescription {
         id: eni
             .network_interface_id()
@@ -841,13 +831,25 @@ fn describe(action: &'static str, eni: &NetworkInterface) -> Result<EniDescripti
             .map(|t| t.as_str().to_string())
             .unwrap_or_default(),
         description: eni.description().unwrap_or_default().to_string(),
-        tags,
+        tags: tags(eni),
         security_groups: eni
             .groups()
             .iter()
             .filter_map(|g| g.group_id().map(str::to_string))
             .collect(),
     })
+}
+
+fn tags(eni: &NetworkInterface) -> BTreeMap<String, String> {
+    eni.tag_set()
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
 }
 
 fn association(

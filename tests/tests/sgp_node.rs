@@ -324,8 +324,6 @@ async fn branch_pods_get_warm_branches_without_ec2_calls() {
     let (api, client) = cluster().await;
     create_pod(&client, SHOP, "catalog-0", "catalog", true).await;
     let mut node = start_node(&api, "m5.large");
-
-    // Trunk, label, capacity, strict mode's local rule.
     let doc = wait_branches(&node, "a warm branch for each set", 60, |d| {
         let ready = !d["trunk"].is_null()
             && warm_of(d, "sg-node").len() == 1
@@ -333,6 +331,40 @@ async fn branch_pods_get_warm_branches_without_ec2_calls() {
         ready.then(|| d.clone())
     });
     let (trunk, trunk_ifindex) = check_trunk(&node, &doc);
+    check_announced(&node, &client, &doc).await;
+    check_branch_enis(&node, &doc, &trunk);
+
+    // The ADD takes the warm sg-catalog branch and makes no EC2 call at all.
+    let warm = warm_of(&doc, "sg-catalog").remove(0);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SHOP);
+    let uid = pods.get("catalog-0").await.unwrap().uid().unwrap();
+    let before = quiet_calls(&node);
+    let reply = add(&node, add_request(SHOP, "catalog-0", "c-catalog-0", &uid));
+    let after = calls(&node);
+    assert!(reply.success, "ADD failed: {}", reply.failure_reason);
+    assert_eq!(
+        after, before,
+        "the ADD of a pod with a warm branch called EC2"
+    );
+    check_granted(&reply, &warm, trunk_ifindex);
+    check_annotation(&pods.get("catalog-0").await.unwrap(), &warm);
+
+    // The pool refills the set, then the same ADD again answers the same branch.
+    wait_branches(&node, "the sg-catalog set refilled", 30, |d| {
+        (warm_of(d, "sg-catalog").len() == 1).then_some(())
+    });
+    let again = add(&node, add_request(SHOP, "catalog-0", "c-catalog-0", &uid));
+    assert_eq!(
+        (again.eniid.as_str(), again.pod_vlan_id),
+        (reply.eniid.as_str(), reply.pod_vlan_id)
+    );
+
+    restart_keeps_assignments(&mut node, &client, &trunk, &reply).await;
+    del_cools_the_branch_down(&node, &client, &reply, &uid).await;
+}
+
+/// The trunk label and branch capacity on the Node, and strict mode's local rule.
+async fn check_announced(node: &Node, client: &Client, doc: &Value) {
     assert_eq!(doc["branchLimit"], 9);
     let nodes: Api<K8sNode> = Api::all(client.clone());
     let k8s_node = eventually(|| async {
@@ -353,11 +385,14 @@ async fn branch_pods_get_warm_branches_without_ec2_calls() {
         .map(|r| r["priority"].as_u64().unwrap())
         .collect();
     assert_eq!(local, [20], "strict mode moves the local rule");
+}
 
-    // Warm branches carry the controller's tags and the set's groups.
-    let state = sim_state(&node);
-    let assoc = associations(&state, &trunk);
-    for b in branch_list(&doc) {
+/// Branches carry the controller's tags and their set's groups, in the node's subnet, on the
+/// VLAN id EC2 has for them.
+fn check_branch_enis(node: &Node, doc: &Value, trunk: &str) {
+    let state = sim_state(node);
+    let assoc = associations(&state, trunk);
+    for b in branch_list(doc) {
         let eni = sim_eni(&state, b["eniId"].as_str().unwrap()).unwrap();
         assert_eq!(eni["groups"], b["securityGroups"]);
         assert_eq!(
@@ -365,7 +400,7 @@ async fn branch_pods_get_warm_branches_without_ec2_calls() {
             "the node's subnet"
         );
         let tags = &eni["tags"];
-        assert_eq!(tags["vpcresources.k8s.aws/trunk-eni-id"], trunk.as_str());
+        assert_eq!(tags["vpcresources.k8s.aws/trunk-eni-id"], trunk);
         assert_eq!(
             tags["vpcresources.k8s.aws/vlan-id"],
             b["vlanId"].to_string()
@@ -374,19 +409,10 @@ async fn branch_pods_get_warm_branches_without_ec2_calls() {
         assert_eq!(tags["eks:eni:owner"], "eks-vpc-resource-controller");
         assert_eq!(assoc[b["eniId"].as_str().unwrap()], b["vlanId"]);
     }
+}
 
-    // The ADD takes the warm sg-catalog branch and makes no EC2 call at all.
-    let warm = warm_of(&doc, "sg-catalog").remove(0);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SHOP);
-    let uid = pods.get("catalog-0").await.unwrap().uid().unwrap();
-    let before = quiet_calls(&node);
-    let reply = add(&node, add_request(SHOP, "catalog-0", "c-catalog-0", &uid));
-    let after = calls(&node);
-    assert!(reply.success, "ADD failed: {}", reply.failure_reason);
-    assert_eq!(
-        after, before,
-        "the ADD of a pod with a warm branch called EC2"
-    );
+/// The reply names the warm branch the way the plugin needs it.
+fn check_granted(reply: &AddNetworkReply, warm: &Value, trunk_ifindex: u32) {
     let vlan = warm["vlanId"].as_u64().unwrap() as i32;
     assert_eq!(reply.eniid, warm["eniId"].as_str().unwrap());
     assert_eq!(reply.pod_vlan_id, vlan);
@@ -397,29 +423,17 @@ async fn branch_pods_get_warm_branches_without_ec2_calls() {
     let meta = &reply.ip_allocation_metadata[0];
     assert_eq!(meta.i_pv4_addr, warm["ipv4"].as_str().unwrap());
     assert_eq!((meta.device_number, meta.route_table_id), (-1, 100 + vlan));
+}
 
-    // The annotation the controller would have written, on the right pod.
-    let pod = pods.get("catalog-0").await.unwrap();
+/// The annotation the controller would have written, on the right pod.
+fn check_annotation(pod: &Pod, warm: &Value) {
     let value: Value =
         serde_json::from_str(pod.annotations().get(POD_ENI_ANNOTATION).unwrap()).unwrap();
     assert_eq!(value[0]["eniId"], warm["eniId"]);
-    assert_eq!(value[0]["vlanId"], vlan);
+    assert_eq!(value[0]["vlanId"], warm["vlanId"]);
     assert_eq!(value[0]["ifAddress"], warm["mac"]);
     assert_eq!(value[0]["privateIp"], warm["ipv4"]);
     assert_eq!(value[0]["subnetCidr"], "10.0.0.0/24");
-
-    // The pool refills the set, then the same ADD again answers the same branch.
-    wait_branches(&node, "the sg-catalog set refilled", 30, |d| {
-        (warm_of(d, "sg-catalog").len() == 1).then_some(())
-    });
-    let again = add(&node, add_request(SHOP, "catalog-0", "c-catalog-0", &uid));
-    assert_eq!(
-        (again.eniid.as_str(), again.pod_vlan_id),
-        (reply.eniid.as_str(), vlan)
-    );
-
-    restart_keeps_assignments(&mut node, &client, &trunk, &reply).await;
-    del_cools_the_branch_down(&node, &client, &reply, &uid).await;
 }
 
 /// A restart keeps catalog-0's branch and reuses no VLAN id that is still associated.

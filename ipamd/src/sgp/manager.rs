@@ -100,10 +100,10 @@ impl BranchManager {
     }
 
     pub async fn round(&mut self) {
-        if self.node.is_terminating() || !self.pe.supported() {
+        if self.node.is_terminating() {
             return;
         }
-        if self.pe.trunk().is_none() {
+        if self.pe.trunk().is_none() && self.pe.supported() {
             self.ensure_trunk().await;
         }
         let Some(trunk) = self.pe.trunk() else {
@@ -119,7 +119,8 @@ impl BranchManager {
             return;
         }
         self.delete_strays().await;
-        if self.pe.refill_wait().is_some() {
+        // A trunk on a type without a known branch limit still serves the branches it has.
+        if self.pe.refill_wait().is_some() || !self.pe.supported() {
             return;
         }
         match self.refill(&trunk).await {

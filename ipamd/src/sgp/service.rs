@@ -204,14 +204,7 @@ impl PodEni {
             return Ok(());
         };
         let trunk = Trunk::from_description(described);
-        let info = crate::datastore::EniInfo {
-            id: described.id.clone(),
-            mac: described.mac.clone(),
-            device_index: trunk.device_index,
-            primary: false,
-            primary_ip: described.primary_ip,
-            subnet: identity.subnet_cidr,
-        };
+        let info = trunk::host_info(described, identity.subnet_cidr);
         self.host.setup_trunk_eni(&info).await?;
         let tagged = self
             .ec2

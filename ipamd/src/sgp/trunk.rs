@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use ipnet::Ipv4Net;
 use thiserror::Error;
 
 use super::restore::BRANCH_DESCRIPTION;
@@ -55,15 +56,15 @@ pub fn is_trunk(eni: &EniDescription) -> bool {
     eni.interface_type == TRUNK_INTERFACE_TYPE
 }
 
-/// The ENI as host plumbing sees it: a secondary ENI in the node's subnet.
-pub fn host_info(node: &Node, eni: &EniDescription) -> EniInfo {
+/// The trunk as host plumbing sees it: a secondary ENI in `subnet` (the node's).
+pub fn host_info(eni: &EniDescription, subnet: Ipv4Net) -> EniInfo {
     EniInfo {
         id: eni.id.clone(),
         mac: eni.mac.clone(),
         device_index: eni.attachment.as_ref().map_or(0, |a| a.device_index),
         primary: false,
         primary_ip: eni.primary_ip,
-        subnet: node.identity.subnet_cidr,
+        subnet,
     }
 }
 
@@ -138,7 +139,8 @@ async fn attach_and_plumb(
         network_card: 0,
         instance_id: Some(instance.clone()),
     });
-    if let Err(e) = host.setup_trunk_eni(&host_info(node, &described)).await {
+    let info = host_info(&described, node.identity.subnet_cidr);
+    if let Err(e) = host.setup_trunk_eni(&info).await {
         let _ = ec2.detach_eni(&attachment).await;
         return Err(e.into());
     }
