@@ -19,7 +19,7 @@ use ipamd::sgp::annotation::POD_ENI_ANNOTATION;
 use ipamd::sgp::kube::{HAS_TRUNK_LABEL, POD_ENI_RESOURCE};
 use ipamd::sgp::policy::SecurityGroupPolicy;
 use k8s_openapi::api::core::v1::{Event, Node as K8sNode, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use vpc_cni_proto::{AddNetworkReply, AddNetworkRequest, DelNetworkReply, DelNetworkRequest};
@@ -512,6 +512,11 @@ async fn del_cools_the_branch_down(
         "assigned"
     );
 
+    // The pod object is gone before the runtime's DEL: the branch is released all the same.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SHOP);
+    pods.delete("catalog-0", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete pod catalog-0");
     let reply = del(node, SHOP, "catalog-0", "c-catalog-0", uid);
     assert!(reply.success && reply.found);
     assert_eq!(reply.pod_vlan_id, held.pod_vlan_id);
@@ -526,7 +531,6 @@ async fn del_cools_the_branch_down(
     );
 
     create_pod(client, SHOP, "catalog-2", "catalog", true).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SHOP);
     let uid2 = pods.get("catalog-2").await.unwrap().uid().unwrap();
     let second = add(node, add_request(SHOP, "catalog-2", "c-catalog-2", &uid2));
     assert!(second.success, "ADD catalog-2: {}", second.failure_reason);
