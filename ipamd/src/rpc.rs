@@ -201,8 +201,13 @@ impl Backend {
         let reply = match outcome {
             AddOutcome::Regular => return Ok(None),
             AddOutcome::Branch(g) => {
-                tracing::info!(eni = %g.branch.eni_id, vlan_id = g.branch.vlan_id, ip = %g.branch.ip,
-                    parent_ifindex = g.parent_ifindex, "branch eni assigned");
+                tracing::info!(
+                    eni = %g.branch.eni_id,
+                    vlan_id = g.branch.vlan_id,
+                    ip = %g.branch.ip,
+                    parent_ifindex = g.parent_ifindex,
+                    "branch eni assigned"
+                );
                 self.branch_reply(&g)
             }
             AddOutcome::Refused(reason) => {
@@ -231,14 +236,23 @@ impl Backend {
         let released = pe.release(&self.node, key).map_err(persist_failure)?;
         match &released {
             Some(b) => {
-                tracing::info!(eni = %b.eni_id, vlan_id = b.vlan_id, cooldown_s = pe.cooldown.as_secs(), "branch eni released")
+                tracing::info!(
+                    eni = %b.eni_id,
+                    vlan_id = b.vlan_id,
+                    cooldown_s = pe.cooldown.as_secs(),
+                    "branch eni released"
+                )
             }
             None => {
                 // A DEL for an older pod of the same name leaves the newer pod's branch alone.
                 if let Some(b) = pe.held_by_pod(&r.k8s_pod_namespace, &r.k8s_pod_name) {
                     let holder_uid = b.holder().map(|h| h.uid.clone()).unwrap_or_default();
-                    tracing::info!(eni = %b.eni_id, del_uid = %r.k8s_pod_uid, holder_uid = %holder_uid,
-                        "branch of a pod of this name belongs to another sandbox, left alone");
+                    tracing::info!(
+                        eni = %b.eni_id,
+                        del_uid = %r.k8s_pod_uid,
+                        holder_uid = %holder_uid,
+                        "branch of a pod of this name belongs to another sandbox, left alone"
+                    );
                 }
             }
         }
@@ -475,7 +489,12 @@ impl Backend {
         };
         let released = pe.release(&self.node, key).map_err(persist_failure)?;
         Ok(released.map(|b| {
-            tracing::info!(key = %key, eni = %b.eni_id, vlan_id = b.vlan_id, "garbage-collected branch attachment");
+            tracing::info!(
+                key = %key,
+                eni = %b.eni_id,
+                vlan_id = b.vlan_id,
+                "garbage-collected branch attachment"
+            );
             ReleasedAttachment {
                 container_id: key.container_id.clone(),
                 if_name: key.if_name.clone(),

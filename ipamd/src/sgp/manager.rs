@@ -135,7 +135,12 @@ impl BranchManager {
             .saturating_mul(1 << self.failures.min(7))
             .min(FAILURE_BACKOFF_CAP);
         self.paused_until = Some(Instant::now() + pause);
-        tracing::warn!(error = %e, failures = self.failures, pause_ms = pause.as_millis() as u64, "warm branch step failed");
+        tracing::warn!(
+            error = %e,
+            failures = self.failures,
+            pause_ms = pause.as_millis() as u64,
+            "warm branch step failed"
+        );
     }
 
     /// Creates the trunk. Its ENI slot stays kept from the address pool while attempts fail,
@@ -190,7 +195,12 @@ impl BranchManager {
             .saturating_mul(1 << self.trunk_failures.min(10))
             .min(TRUNK_RETRY_CAP);
         self.next_trunk_try = Instant::now() + delay;
-        tracing::error!(error = %e, attempts = self.trunk_failures, retry_in_s = delay.as_secs(), "trunk eni creation failed");
+        tracing::error!(
+            error = %e,
+            attempts = self.trunk_failures,
+            retry_in_s = delay.as_secs(),
+            "trunk eni creation failed"
+        );
         if self.trunk_failures >= TRUNK_SLOT_ATTEMPTS {
             self.node.set_trunk_slot(false);
             tracing::warn!("eni slot kept for the trunk goes back to the address pool");
@@ -269,8 +279,13 @@ impl BranchManager {
 
     fn release_orphan(&self, h: &Holder, why: &str) {
         match self.pe.release(&self.node, &h.key) {
-            Ok(Some(b)) => tracing::info!(eni = %b.eni_id, vlan_id = b.vlan_id,
-                pod = %format!("{}/{}", h.namespace, h.name), reason = why, "branch eni released, its pod is gone"),
+            Ok(Some(b)) => tracing::info!(
+                eni = %b.eni_id,
+                vlan_id = b.vlan_id,
+                pod = %format!("{}/{}", h.namespace, h.name),
+                reason = why,
+                "branch eni released, its pod is gone"
+            ),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "could not release an orphaned branch"),
         }
@@ -332,7 +347,12 @@ impl BranchManager {
             p.finish_change(&branch.eni_id, groups.clone())
         })?;
         result?;
-        tracing::info!(eni = %branch.eni_id, from = %r.from, to = %r.to, "warm branch eni regrouped");
+        tracing::info!(
+            eni = %branch.eni_id,
+            from = %r.from,
+            to = %r.to,
+            "warm branch eni regrouped"
+        );
         Ok(())
     }
 
@@ -377,7 +397,11 @@ impl BranchManager {
                 tracing::info!(eni = %eni_id, vlan_id = branch.vlan_id, "spare branch eni deleted")
             }
             Err(e) => {
-                tracing::warn!(eni = %eni_id, error = %e, "disassociated branch eni not deleted yet, retrying later");
+                tracing::warn!(
+                    eni = %eni_id,
+                    error = %e,
+                    "disassociated branch eni not deleted yet, retrying later"
+                );
                 self.strays.push(eni_id.to_string());
             }
         }

@@ -123,7 +123,10 @@ impl PodEni {
             true
         });
         if !watched {
-            tracing::warn!("SecurityGroupPolicy resource not installed: only pods that request vpc.amazonaws.com/pod-eni get branch enis");
+            tracing::warn!(
+                resource = k8s::POD_ENI_RESOURCE,
+                "SecurityGroupPolicy not installed, only pods requesting the resource get branches"
+            );
         }
         let caches = Caches::start_with(&client, node_name, watched);
         if let Err(e) = caches.wait_synced(SYNC_WAIT).await {
@@ -163,18 +166,25 @@ impl PodEni {
     async fn report_limit(&self) {
         let note = match self.limit {
             BranchLimit::Supported(n) => {
-                tracing::info!(instance_type = %self.instance_type, branch_limit = n, "security groups for pods enabled");
+                tracing::info!(
+                    instance_type = %self.instance_type,
+                    branch_limit = n,
+                    "security groups for pods enabled"
+                );
                 return;
             }
-            BranchLimit::Unsupported => format!(
-                "instance type {} cannot have a trunk eni: security groups for pods are off on this node, regular pods are served",
-                self.instance_type
-            ),
+            BranchLimit::Unsupported => {
+                format!(
+                    "instance type {} cannot have a trunk eni",
+                    self.instance_type
+                )
+            }
             BranchLimit::Unknown => format!(
-                "instance type {} has no known branch eni limit: security groups for pods are off on this node, regular pods are served",
+                "instance type {} has no known branch eni limit",
                 self.instance_type
             ),
         };
+        let note = format!("{note}: security groups for pods are off, regular pods are served");
         tracing::warn!(instance_type = %self.instance_type, "{note}");
         self.event(EventKind::Warning, "Unsupported", &note).await;
     }
@@ -199,7 +209,11 @@ impl PodEni {
     ) -> Result<(), PodEniError> {
         let Some(described) = trunk else {
             for r in records {
-                tracing::warn!(eni = %r.eni_id, vlan_id = r.vlan_id, "no trunk eni attached, branch record dropped");
+                tracing::warn!(
+                    eni = %r.eni_id,
+                    vlan_id = r.vlan_id,
+                    "no trunk eni attached, branch record dropped"
+                );
             }
             return Ok(());
         };
@@ -236,10 +250,18 @@ impl PodEni {
 
     fn log_rebuilt(&self, rebuilt: &restore::Rebuilt) {
         for r in &rebuilt.dropped {
-            tracing::warn!(eni = %r.eni_id, vlan_id = r.vlan_id, "branch of the checkpoint is not on the trunk any more, dropped");
+            tracing::warn!(
+                eni = %r.eni_id,
+                vlan_id = r.vlan_id,
+                "branch of the checkpoint is not on the trunk any more, dropped"
+            );
         }
         for a in &rebuilt.foreign {
-            tracing::info!(eni = %a.branch_eni, vlan_id = a.vlan_id, "vlan id taken by a branch ipamd does not manage");
+            tracing::info!(
+                eni = %a.branch_eni,
+                vlan_id = a.vlan_id,
+                "vlan id taken by a branch ipamd does not manage"
+            );
         }
         let counts = rebuilt.pool.counts();
         tracing::info!(warm = counts.warm, cooling = counts.cooling, in_use = counts.in_use,
@@ -382,7 +404,12 @@ impl PodEni {
         if matched.groups.is_empty() {
             return Ok(requested.then(|| self.node_groups.clone()));
         }
-        tracing::debug!(policies = ?matched.policies, groups = ?matched.groups, requested, "pod selected for a branch eni");
+        tracing::debug!(
+            policies = ?matched.policies,
+            groups = ?matched.groups,
+            requested,
+            "pod selected for a branch eni"
+        );
         Ok(Some(GroupSet::new(matched.groups)))
     }
 
@@ -444,7 +471,12 @@ impl PodEni {
             Take::Held(branch) => Ok(Ok((branch, false))),
             Take::Warm(branch) => {
                 self.took();
-                tracing::info!(eni = %branch.eni_id, vlan_id = branch.vlan_id, groups = %groups, "warm branch eni assigned");
+                tracing::info!(
+                    eni = %branch.eni_id,
+                    vlan_id = branch.vlan_id,
+                    groups = %groups,
+                    "warm branch eni assigned"
+                );
                 Ok(Ok((branch, true)))
             }
             Take::Regroup { branch, to } => {
@@ -472,7 +504,13 @@ impl PodEni {
         })?;
         match result {
             Ok(()) => {
-                tracing::info!(eni = %branch.eni_id, vlan_id = branch.vlan_id, from = %branch.groups, to = %to, "warm branch eni regrouped and assigned");
+                tracing::info!(
+                    eni = %branch.eni_id,
+                    vlan_id = branch.vlan_id,
+                    from = %branch.groups,
+                    to = %to,
+                    "warm branch eni regrouped and assigned"
+                );
                 branch.groups = to;
                 Ok(Ok((branch, true)))
             }
@@ -492,7 +530,12 @@ impl PodEni {
             Ok(mut branch) => {
                 branch.state = super::pool::BranchState::Held(holder.clone());
                 self.commit(node, |p| p.insert(branch.clone()))?;
-                tracing::info!(eni = %branch.eni_id, vlan_id, groups = %groups, "branch eni created for the pod");
+                tracing::info!(
+                    eni = %branch.eni_id,
+                    vlan_id,
+                    groups = %groups,
+                    "branch eni created for the pod"
+                );
                 Ok(Ok((branch, true)))
             }
             Err(e) => {
@@ -536,7 +579,11 @@ impl PodEni {
             Err(error) => {
                 let deleted = self.ec2.delete_eni(&eni.id).await;
                 if let Err(e) = &deleted {
-                    tracing::warn!(eni = %eni.id, error = %e, "could not delete the unassociated branch eni");
+                    tracing::warn!(
+                        eni = %eni.id,
+                        error = %e,
+                        "could not delete the unassociated branch eni"
+                    );
                 }
                 Err(CreateError::Associate {
                     eni: eni.id,
@@ -640,7 +687,8 @@ fn warn_about_early_demux() {
         Ok(v) if v.trim() != "0" => tracing::warn!(
             sysctl = PATH,
             value = v.trim(),
-            "tcp early demux is on: kubelet probes of strict-mode branch pods can time out; set DISABLE_TCP_EARLY_DEMUX=true for the init container"
+            fix = "DISABLE_TCP_EARLY_DEMUX=true for the init container",
+            "tcp early demux is on: kubelet probes of strict-mode branch pods can time out"
         ),
         Ok(_) => {}
         Err(e) => tracing::debug!(sysctl = PATH, error = %e, "could not read"),

@@ -110,7 +110,11 @@ pub async fn create(
         Ok(trunk) => Ok(trunk),
         Err(e) => {
             if let Err(del) = delete_when_detached(ec2, &created.id).await {
-                tracing::warn!(eni = %created.id, error = %del, "could not delete the failed trunk eni");
+                tracing::warn!(
+                    eni = %created.id,
+                    error = %del,
+                    "could not delete the failed trunk eni"
+                );
             }
             Err(e)
         }
@@ -130,7 +134,11 @@ async fn attach_and_plumb(
         .set_delete_on_termination(&created.id, &attachment)
         .await
     {
-        tracing::warn!(eni = %created.id, error = %e, "could not set delete-on-termination on the trunk");
+        tracing::warn!(
+            eni = %created.id,
+            error = %e,
+            "could not set delete-on-termination on the trunk"
+        );
     }
     let mut described = created.clone();
     described.attachment = Some(ec2::EniAttachment {
