@@ -25,7 +25,6 @@ pub const POD_MTU: &str = "POD_MTU";
 pub const PLUGIN_LOG_FILE: &str = "AWS_VPC_K8S_PLUGIN_LOG_FILE";
 pub const PLUGIN_LOG_LEVEL: &str = "AWS_VPC_K8S_PLUGIN_LOG_LEVEL";
 pub const ENABLE_BANDWIDTH_PLUGIN: &str = "ENABLE_BANDWIDTH_PLUGIN";
-pub const ENFORCING_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
 pub const PLUGIN_BINARY: &str = "VPC_CNI_PLUGIN_BINARY";
 pub const DISABLE_TCP_EARLY_DEMUX: &str = "DISABLE_TCP_EARLY_DEMUX";
 
@@ -37,7 +36,6 @@ pub const ENV_VARS: &[&str] = &[
     PLUGIN_LOG_FILE,
     PLUGIN_LOG_LEVEL,
     ENABLE_BANDWIDTH_PLUGIN,
-    ENFORCING_MODE,
     PLUGIN_BINARY,
     DISABLE_TCP_EARLY_DEMUX,
 ];
@@ -82,13 +80,6 @@ impl InstallConfig {
             None => config.eni_mtu,
             Some(v) => parse_mtu(&v)?,
         };
-        let enforcing_mode = get(ENFORCING_MODE).unwrap_or_else(|| "strict".into());
-        if !matches!(enforcing_mode.as_str(), "strict" | "standard") {
-            return Err(InstallError::Invalid {
-                name: ENFORCING_MODE,
-                reason: format!("{enforcing_mode:?} is neither strict nor standard"),
-            });
-        }
         let plugin_log_file =
             get(PLUGIN_LOG_FILE).unwrap_or_else(|| DEFAULT_PLUGIN_LOG_FILE.into());
         if plugin_log_file == "stdout" {
@@ -106,7 +97,7 @@ impl InstallConfig {
                 .into(),
             pod_mtu,
             veth_prefix: config.veth_prefix.clone(),
-            enforcing_mode,
+            enforcing_mode: crate::config::mode_name(config.pod_eni.enforcing_mode).into(),
             plugin_log_file,
             plugin_log_level: get(PLUGIN_LOG_LEVEL).unwrap_or_else(|| "Debug".into()),
             bandwidth: get(ENABLE_BANDWIDTH_PLUGIN).is_some_and(|v| v == "true"),
@@ -236,19 +227,24 @@ pub async fn when_ready(node: Arc<Node>, c: InstallConfig, mut stop: watch::Rece
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::POD_SECURITY_GROUP_ENFORCING_MODE;
 
     fn config(extra: &[(&str, &str)]) -> Result<InstallConfig, InstallError> {
-        let base = crate::config::Config::from_lookup(|_| None).unwrap();
         let map: std::collections::HashMap<String, String> = extra
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let base = crate::config::Config::from_lookup(|n| map.get(n).cloned()).unwrap();
         InstallConfig::from_lookup(|n| map.get(n).cloned(), &base)
     }
 
     #[test]
     fn conflist_carries_the_configuration() {
-        let c = config(&[(POD_MTU, "1500"), (ENFORCING_MODE, "standard")]).unwrap();
+        let c = config(&[
+            (POD_MTU, "1500"),
+            (POD_SECURITY_GROUP_ENFORCING_MODE, "standard"),
+        ])
+        .unwrap();
         let v = render_conflist(&c);
         assert_eq!(v["name"], "aws-cni");
         assert_eq!(v["plugins"][0]["type"], "vpc-cni");
@@ -270,11 +266,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_variable() {
-        for (name, value) in [
-            (POD_MTU, "100"),
-            (ENFORCING_MODE, "lax"),
-            (PLUGIN_LOG_FILE, "stdout"),
-        ] {
+        for (name, value) in [(POD_MTU, "100"), (PLUGIN_LOG_FILE, "stdout")] {
             let err = config(&[(name, value)]).unwrap_err().to_string();
             assert!(err.starts_with(name), "{err}");
         }

@@ -59,7 +59,15 @@ impl ApiServer {
         wait_for("etcd to listen", Duration::from_secs(20), || {
             TcpStream::connect((Ipv4Addr::LOCALHOST, etcd_port)).ok()
         })
-        .with_context(|| format!("etcd log {}", etcd_log.display()))?;
+        .with_context(|| {
+            let log = fs::read_to_string(&etcd_log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            format!(
+                "etcd log {}:\n{}",
+                etcd_log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })?;
 
         let port = free_port()?;
         let apiserver = start_apiserver(&apiserver_bin, dir.path(), port, etcd_port)?;
