@@ -35,7 +35,6 @@ fn main() -> ExitCode {
 async fn run() -> anyhow::Result<Checks> {
     let api = ApiServer::start().await?;
     let client = kube_objects(&api).await?;
-    let kubeconfig = api.kubeconfig.display().to_string();
     let scenario: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../conf/examples/vpc-sgp.json"
@@ -46,10 +45,10 @@ async fn run() -> anyhow::Result<Checks> {
             ("ENABLE_POD_ENI", "true"),
             ("POD_SECURITY_GROUP_ENFORCING_MODE", mode),
             ("MY_NODE_NAME", NODE_NAME),
-            ("KUBECONFIG", kubeconfig.as_str()),
             ("VPC_CNI_BRANCH_COOLDOWN_SECONDS", "0"),
         ];
-        let node = tokio::task::block_in_place(|| Node::start_with(&scenario, &env))?;
+        // ipamd reaches the API server through a relay into the node's namespace.
+        let node = tokio::task::block_in_place(|| Node::start_with_kube(&scenario, &env, &api))?;
         let result = round(&node, &client, mode, &mut checks).await;
         if let Err(e) = &result {
             println!("ipamd log:\n{}", node.ipamd.log_tail(40));
