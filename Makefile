@@ -4,19 +4,25 @@
 CARGO ?= cargo
 TARGET_DIR ?= target
 
-.PHONY: all build demo test unit lint fmt bench clean-netns
+.PHONY: all deps build demo test unit lint fmt bench
 
 all: build
+
+# Installs what the demo and the suites need (Debian packages, moto, a kube-apiserver built
+# from Debian's source); quick when everything is there.
+deps:
+	tests/setup.sh
 
 build:
 	$(CARGO) build --workspace --bins
 
-# A local VPC, a node running ipamd, ten pods created as containerd creates them.
-demo: build
+# A local VPC, a node running ipamd, ten pods created as containerd creates them; then the
+# security-groups-for-pods database scenario in a User-mode Linux guest.
+demo: deps build
 	$(TARGET_DIR)/debug/vpc-demo
 
 # The whole suite: unit, netlink-in-namespace, plugin, ipamd, simulator, end to end.
-test: build
+test: deps build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
 unit:

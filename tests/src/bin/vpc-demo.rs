@@ -43,7 +43,25 @@ fn run() -> anyhow::Result<bool> {
     if leftovers.is_empty() {
         println!("ok   root namespace holds nothing the demo created");
     }
-    let passed = report.failures.is_empty() && leftovers.is_empty();
+    let sgp_passed = security_groups_for_pods()?;
+    let passed = report.failures.is_empty() && leftovers.is_empty() && sgp_passed;
     println!("\ndemo {}", if passed { "passed" } else { "FAILED" });
     Ok(passed)
+}
+
+/// The database scenario of security groups for pods: a catalog pod matched by a
+/// SecurityGroupPolicy reaches the database through its branch ENI, another pod is refused.
+/// This kernel has no 802.1Q, so it runs in a User-mode Linux guest with its own API server.
+fn security_groups_for_pods() -> anyhow::Result<bool> {
+    println!(
+        "
+security groups for pods (conf/examples/vpc-sgp.json), in a User-mode Linux guest"
+    );
+    let script = format!(
+        "export KUBE_READY_TIMEOUT_SECONDS=300 HARNESS_TIMEOUT_SCALE=4\nexec {}\n",
+        harness::bins::path("vpc-sgp-scenario").display()
+    );
+    let run = harness::uml::run(&script, 1024, std::time::Duration::from_secs(900))?;
+    print!("{}", run.output);
+    Ok(run.exit_code == 0)
 }
