@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -17,7 +16,7 @@ use k8s_cri::v1::{
     PortMapping, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::bins;
 use crate::process::{wait_for, Guard};
@@ -124,17 +123,7 @@ async fn wait_for_pause_image(socket: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn channel(socket: PathBuf) -> anyhow::Result<Channel> {
-    let ch = Endpoint::try_from("http://containerd.local")?
-        .timeout(Duration::from_secs(60))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(s))
-            }
-        }))
-        .await?;
-    Ok(ch)
+    crate::rpc::unix_channel(&socket, Duration::from_secs(60)).await
 }
 
 impl Containerd {

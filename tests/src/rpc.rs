@@ -9,11 +9,13 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use vpc_cni_proto::cni_backend_client::CniBackendClient;
 
-async fn channel(socket: &Path) -> anyhow::Result<Channel> {
+/// A gRPC channel over the unix socket at `socket`, each call bounded by `timeout`.
+pub async fn unix_channel(socket: &Path, timeout: Duration) -> anyhow::Result<Channel> {
     let socket: PathBuf = socket.to_path_buf();
-    let ch = Endpoint::try_from("http://ipamd.local")?
+    // The URI is never dialled: the connector opens the socket.
+    let ch = Endpoint::try_from("http://unix.local")?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
             async move {
@@ -23,6 +25,10 @@ async fn channel(socket: &Path) -> anyhow::Result<Channel> {
         }))
         .await?;
     Ok(ch)
+}
+
+async fn channel(socket: &Path) -> anyhow::Result<Channel> {
+    unix_channel(socket, Duration::from_secs(10)).await
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
