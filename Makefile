@@ -35,8 +35,8 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Plugin ADD/DEL latency against the baseline ptp+host-local, in one run. The plugin is timed
-# as a release build (as shipped); the node around it runs the debug build of the rest.
-bench: build
-	$(CARGO) build --release -p vpc-cni
-	$(TARGET_DIR)/debug/vpc-bench 30 $(TARGET_DIR)/release/vpc-cni
+# Plugin ADD/DEL latency against the baseline ptp+host-local, in one run, with every binary
+# (plugin, ipamd, simulator) built as shipped: release.
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	VPC_CNI_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/vpc-bench 30
