@@ -65,19 +65,49 @@ fn daemon(config: Config, install: InstallConfig, firewall: FirewallConfig) -> E
         return ExitCode::FAILURE;
     }
     // Two workers: ipamd mostly waits on EC2 and the kernel; more threads only cost memory.
-    let result = match runtime(2) {
-        Ok(rt) => rt
-            .block_on(ipamd::daemon::run(config, install, firewall))
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(format!("tokio runtime: {e}")),
+    let rt = match runtime(2) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ipamd: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    match result {
+    let node_name = config.pod_eni.node_name.clone();
+    let kubeconfig = config.pod_eni.kubeconfig.clone();
+    match rt.block_on(ipamd::daemon::run(config, install, firewall)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e = e.to_string();
             tracing::error!(error = %e, "ipamd failed");
             eprintln!("ipamd: {e}");
+            rt.block_on(report_failure(node_name, kubeconfig, &e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Puts why ipamd could not run on the Node as a Warning event (what `kubectl describe node`
+/// shows beside NotReady), when ipamd knows its node and can reach the API server in time.
+async fn report_failure(node: Option<String>, kubeconfig: Option<std::path::PathBuf>, error: &str) {
+    use ipamd::sgp::kube::{client, EventKind, NodeClient};
+    let Some(node) = node else {
+        return;
+    };
+    let post = async {
+        let client = client(kubeconfig.as_deref()).await.ok()?;
+        let note = format!("ipamd could not start: {error}");
+        NodeClient::new(client, &node)
+            .node_event(EventKind::Warning, "IpamdStartFailed", &note)
+            .await
+            .ok()
+    };
+    if tokio::time::timeout(Duration::from_secs(5), post)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        tracing::warn!(node = %node, "could not record the failure as a node event");
     }
 }
 
