@@ -160,3 +160,60 @@ fn invalid_configuration_stops_start_up_naming_the_variable() {
         assert!(err.contains(name), "{name}={value}: {err}");
     }
 }
+
+/// The configured MTUs reach every interface: AWS_VPC_ENI_MTU on each ENI link of the node
+/// (primary and secondary), POD_MTU through the conflist ipamd writes onto both ends of every
+/// pod's veth.
+#[test]
+fn configured_mtus_reach_every_interface() {
+    require_root();
+    let dirs = tempfile::tempdir().unwrap();
+    let conf_dir = dirs.path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let c = conf_dir.display().to_string();
+    let node = harness::node::Node::start(&[
+        ("AWS_VPC_ENI_MTU", "8000"),
+        ("POD_MTU", "1400"),
+        ("HOST_CNI_CONFDIR_PATH", &c),
+    ])
+    .unwrap();
+    let conflist = conf_dir.join("10-aws.conflist");
+    let text = wait_for("the conflist", Duration::from_secs(30), || {
+        std::fs::read(&conflist).ok()
+    })
+    .unwrap();
+    let conf =
+        harness::plugin::netconf_from_conflist(&serde_json::from_slice(&text).unwrap(), &json!({}));
+    let mut pods = Vec::new();
+    for i in 0..10 {
+        let p = node.pod(&format!("mtu{i}"), &format!("c-mtu{i}")).unwrap();
+        let out = harness::plugin::run(node.netns(), "ADD", &p.pod, &conf).unwrap();
+        assert!(out.ok(), "ADD failed: {}", out.stdout);
+        let host_veth = out.json()["interfaces"][0]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        pods.push((p, host_veth));
+    }
+    let links = harness::netns::ip_json(node.netns(), &["link", "show"]).unwrap();
+    let mtu_of = |name: &str| {
+        links
+            .iter()
+            .find(|l| l["ifname"] == name)
+            .and_then(|l| l["mtu"].as_u64())
+    };
+    let enis: Vec<&str> = links
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| n.starts_with("eth"))
+        .collect();
+    assert!(enis.len() >= 2, "ten pods need a secondary ENI: {enis:?}");
+    for eni in enis {
+        assert_eq!(mtu_of(eni), Some(8000), "ENI link {eni}");
+    }
+    for (p, host_veth) in &pods {
+        assert_eq!(mtu_of(host_veth), Some(1400), "host veth {host_veth}");
+        let pod_links = harness::netns::ip_json(&p.ns.name, &["link", "show", "eth0"]).unwrap();
+        assert_eq!(pod_links[0]["mtu"], 1400, "eth0 of {}", p.pod.name);
+    }
+}
