@@ -139,11 +139,22 @@ pub async fn round(
     );
     let web_pod = cni_pod(&web, &web_ns.ns.path(), &format!("c-web-{mode}"));
 
+    // ipamd keeps a warm branch for the set the policy names, so the pod's ADD needs no EC2
+    // call at all: the point of keeping them warm.
+    wait_for("a warm sg-catalog branch", Duration::from_secs(60), || {
+        warm_branch_for(node, "sg-catalog").then_some(())
+    })?;
+    let calls_before = changing_calls(&node.vpc.calls()?);
     // The kubelet retries a sandbox until ipamd has the pod in its cache; so does this.
     let added = wait_for("ADD of the catalog pod", Duration::from_secs(60), || {
         let out = plugin::run(node.netns(), "ADD", &catalog_pod, &conf).ok()?;
         out.ok().then(|| out.json())
     })?;
+    let calls_after = changing_calls(&node.vpc.calls()?);
+    checks.check(
+        format!("{mode}: the catalog pod's ADD changed nothing in EC2 ({calls_before:?} -> {calls_after:?})"),
+        calls_before == calls_after,
+    );
     let web_added = plugin::run(node.netns(), "ADD", &web_pod, &conf)?;
     if !web_added.ok() {
         bail!("ADD of the web pod failed: {}", web_added.stdout);
@@ -190,6 +201,44 @@ pub async fn round(
     }
     drop((catalog_ns, web_ns));
     nothing_left(node, mode, vlan, checks)
+}
+
+/// Counts of the EC2 actions that change something (all but Describe*), by action. ipamd's
+/// background loops may describe at any time; what matters is that the ADD created,
+/// associated or modified nothing.
+fn changing_calls(calls: &Value) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = calls
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("Describe"))
+                .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Whether ipamd's /v1/branches lists a warm branch carrying `group`.
+fn warm_branch_for(node: &Node, group: &str) -> bool {
+    let doc = crate::vpc::http_json_in(
+        node.netns(),
+        "http://127.0.0.1:61679",
+        "GET",
+        "/v1/branches",
+        None,
+    );
+    doc.ok()
+        .and_then(|d| d["branches"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .any(|b| {
+            b["state"] == "warm"
+                && b["securityGroups"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().any(|x| x == group))
+        })
 }
 
 /// The host side of a branch pod in each mode, as aws-node lays it out.
