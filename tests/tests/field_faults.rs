@@ -358,3 +358,71 @@ fn eni_attached_before_a_crash_is_adopted() {
     )
     .unwrap();
 }
+
+/// The runtime replaced a pod's sandbox (same pod, new container) and the old sandbox's DEL
+/// arrives afterwards: the host veth name is the pod's, so it now belongs to the new
+/// sandbox, which must keep its link, route, rule and address.
+#[test]
+fn del_of_an_older_sandbox_leaves_the_newer_one_alone() {
+    require_root();
+    let node = Node::start(&[]).unwrap();
+    let old = node.pod("web", "c-old").unwrap();
+    let old_result = node.add(&old.pod);
+    let new_ns = harness::netns::Netns::new("web-new").unwrap();
+    let new_pod = Pod {
+        container_id: "c-new".into(),
+        netns: new_ns.path(),
+        ..old.pod.clone()
+    };
+    let new_result = node.add(&new_pod);
+    let (new_ip, veth) = (result_ip(&new_result), host_veth(&new_result));
+
+    let out = node.cni_prev("DEL", &old.pod, &old_result).unwrap();
+    assert!(out.ok(), "DEL of the old sandbox failed: {}", out.stdout);
+    assert!(
+        node.has_link(&veth),
+        "the new sandbox lost its host veth {veth}"
+    );
+    assert!(
+        !node.routes_to(&new_ip).is_empty(),
+        "the new sandbox lost its route"
+    );
+    assert!(
+        !node.rules_for(&new_ip).is_empty(),
+        "the new sandbox lost its rule"
+    );
+    assert!(node.ipamd.assigned_ips().unwrap().contains(&new_ip));
+    assert_released(&node, &result_ip(&old_result));
+    let check = node.cni_prev("CHECK", &new_pod, &new_result).unwrap();
+    assert!(
+        check.ok(),
+        "the new sandbox no longer checks: {}",
+        check.stdout
+    );
+}
+
+/// A DEL for a container ipamd never saw, carrying another pod's result as prevResult, must
+/// not tear that pod down: ipamd's "no allocation" outranks the prevResult.
+#[test]
+fn del_with_another_pods_result_touches_nothing() {
+    require_root();
+    let node = Node::start(&[]).unwrap();
+    let victim = node.pod("victim", "c-victim").unwrap();
+    let result = node.add(&victim.pod);
+    let (ip, veth) = (result_ip(&result), host_veth(&result));
+    let stranger = Pod {
+        container_id: "c-stranger".into(),
+        name: "stranger".into(),
+        netns: String::new(),
+        ..victim.pod.clone()
+    };
+    let out = node.cni_prev("DEL", &stranger, &result).unwrap();
+    assert!(
+        out.ok(),
+        "DEL of an unknown container must succeed: {}",
+        out.stdout
+    );
+    assert!(node.has_link(&veth), "the victim lost its host veth");
+    assert!(!node.rules_for(&ip).is_empty(), "the victim lost its rules");
+    assert!(node.ipamd.assigned_ips().unwrap().contains(&ip));
+}

@@ -32,7 +32,7 @@ pub enum LogLevel {
 }
 
 /// One `{containerID, ifname}` entry of a GC request.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attachment {
     #[serde(rename = "containerID")]
@@ -299,12 +299,15 @@ fn union_attachments(
     if valid.is_none() && older.is_none() {
         return None;
     }
-    let mut all: Vec<Attachment> = Vec::new();
-    for a in valid.flatten().into_iter().chain(older.flatten()).flatten() {
-        if !all.contains(&a) {
-            all.push(a);
-        }
-    }
+    // A runtime may list every container of the node: keep the de-duplication linear.
+    let mut seen = std::collections::HashSet::new();
+    let all = valid
+        .flatten()
+        .into_iter()
+        .chain(older.flatten())
+        .flatten()
+        .filter(|a| seen.insert(a.clone()))
+        .collect();
     Some(all)
 }
 

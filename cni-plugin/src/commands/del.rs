@@ -77,16 +77,20 @@ async fn release_or_recall(
     }
     let mut refused = None;
     let mut found = Vec::new();
+    // ipamd answered that this attachment holds nothing: an address in prevResult is then
+    // either already cleaned up or now someone else's, and is not torn down on its word.
+    let mut ipamd_knows_none = false;
     match release(env, conf, args).await {
         Ok(reply) => {
             found = from_reply(&reply);
+            ipamd_knows_none = reply.success && !reply.found;
             if !reply.success {
                 refused = Some("ipamd answered Success=false".to_string());
             }
         }
         Err(err) => tracing::warn!(error = %err, "ipamd unavailable, cleaning up from prevResult"),
     }
-    if found.is_empty() {
+    if found.is_empty() && !ipamd_knows_none {
         found = addresses(recorded.map_or(&[][..], |r| &r.ips), None);
     }
     (found, refused)

@@ -1,7 +1,7 @@
 //! DEL's kernel work: remove what ADD made, never fail on what is already gone, keep going
 //! after a failure and report all of them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::branch::branch_table;
 use super::{host_net, PlumbingError, Step};
@@ -46,10 +46,18 @@ pub async fn teardown_host(host: &Netlink, t: &HostTeardown) -> Result<(), Plumb
     let mut errors = Vec::new();
     let branch = t.addresses.iter().any(|a| a.vlan.is_some());
     let node = read_node(host, branch, &mut errors).await;
+    let released: Vec<Ipv4Addr> = t.addresses.iter().map(|a| a.ip).collect();
     let ours: Vec<u32> = node
         .links
         .iter()
         .filter(|l| t.host_veths.contains(&l.name))
+        .filter(|l| match serves_other_pod(&node.routes, l.index, &released) {
+            Some(other) => {
+                tracing::warn!(link = %l.name, ip = %other, "host veth now serves another pod; leaving it");
+                false
+            }
+            None => true,
+        })
         .map(|l| l.index)
         .collect();
     for addr in &t.addresses {
@@ -114,6 +122,17 @@ async fn read_node(host: &Netlink, rules: bool, errors: &mut Vec<PlumbingError>)
             false => Vec::new(),
         },
     }
+}
+
+/// An address other than the released ones that a host route sends to link `index`. Host
+/// veths are named after the pod, so a newer sandbox of the same pod reuses the name: the
+/// older sandbox's DEL must not take the newer one's link with it.
+fn serves_other_pod(routes: &[Route], index: u32, released: &[Ipv4Addr]) -> Option<IpAddr> {
+    routes
+        .iter()
+        .filter(|r| r.oif == Some(index) && r.destination.prefix_len() == 32)
+        .map(|r| r.destination.addr())
+        .find(|ip| !matches!(ip, IpAddr::V4(v4) if released.contains(v4)))
 }
 
 fn owned_elsewhere(routes: &[Route], ip: Ipv4Addr, ours: &[u32]) -> Option<u32> {
