@@ -330,6 +330,17 @@ async fn branch_pods_get_warm_branches_without_ec2_calls() {
             && warm_of(d, "sg-catalog").len() == 1;
         ready.then(|| d.clone())
     });
+    // Strict mode's known limits are said where operators look: early demux breaks kubelet
+    // probes, and link-local destinations cannot be reached from branch pods.
+    let log = node.ipamd.log_tail(400);
+    assert!(
+        log.contains("tcp early demux is on"),
+        "no early-demux warning:\n{log}"
+    );
+    assert!(
+        log.contains("cannot reach link-local addresses"),
+        "no link-local warning:\n{log}"
+    );
     let (trunk, trunk_ifindex) = check_trunk(&node, &doc);
     check_announced(&node, &client, &doc).await;
     check_branch_enis(&node, &doc, &trunk);

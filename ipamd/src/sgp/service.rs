@@ -156,6 +156,7 @@ impl PodEni {
         if me.enforcing_mode == SgEnforcingMode::Strict {
             me.move_local_rule().await?;
             warn_about_early_demux();
+            warn_about_link_local();
         }
         me.restore(s.identity, s.trunk, &s.records).await?;
         ds.set_branch_records(me.lock().pool.records())?;
@@ -693,6 +694,18 @@ fn warn_about_early_demux() {
         Ok(_) => {}
         Err(e) => tracing::debug!(sysctl = PATH, error = %e, "could not read"),
     }
+}
+
+/// Strict mode sends everything a branch pod emits through its branch ENI into the VPC, where
+/// a link-local destination (169.254.0.0/16: a node-local agent such as the pod-identity
+/// endpoint, or an address a mesh rewrites probes to) cannot be routed. aws-node behaves the
+/// same; this says so where operators look, instead of leaving a silent hang to debug.
+fn warn_about_link_local() {
+    tracing::warn!(
+        mode = "strict",
+        fix = "POD_SECURITY_GROUP_ENFORCING_MODE=standard for pods that need node-local agents",
+        "strict mode: pods with security groups cannot reach link-local addresses (169.254.0.0/16) on the node"
+    );
 }
 
 #[derive(Debug, Error)]
