@@ -253,6 +253,25 @@ pub fn eni_description(instance_id: &str) -> String {
     format!("aws-K8S-{instance_id}")
 }
 
+/// Every item of a paginated describe call: `page` fetches the page a token names and returns
+/// its items with the next token; the first page has no token.
+async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, Ec2Error>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), Ec2Error>>,
+{
+    let mut all = Vec::new();
+    let mut token = None;
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        match next {
+            Some(t) => token = Some(t),
+            None => return Ok(all),
+        }
+    }
+}
+
 /// The lowest device index not in `used`, within 0..=99.
 pub fn lowest_free_device_index(used: &[u32]) -> Option<u32> {
     (0..=MAX_DEVICE_INDEX).find(|i| !used.contains(i))
@@ -638,27 +657,28 @@ impl Ec2 {
             .name(format!("tag:{key}"))
             .values(value)
             .build();
-        let mut found = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .call(ACTION, || {
-                    self.client
-                        .describe_network_interfaces()
-                        .filters(filter.clone())
-                        .max_results(1000)
-                        .set_next_token(token.clone())
-                        .send()
-                })
-                .await?;
-            for eni in out.network_interfaces() {
-                found.push(describe(ACTION, eni)?);
+        all_pages(|token| {
+            let filter = filter.clone();
+            async move {
+                let out = self
+                    .call(ACTION, || {
+                        self.client
+                            .describe_network_interfaces()
+                            .filters(filter.clone())
+                            .max_results(1000)
+                            .set_next_token(token.clone())
+                            .send()
+                    })
+                    .await?;
+                let enis: Result<Vec<_>, _> = out
+                    .network_interfaces()
+                    .iter()
+                    .map(|eni| describe(ACTION, eni))
+                    .collect();
+                Ok((enis?, out.next_token().map(str::to_string)))
             }
-            token = out.next_token().map(str::to_string);
-            if token.is_none() {
-                return Ok(found);
-            }
-        }
+        })
+        .await
     }
 
     /// The branch associations of one trunk ENI, all pages.
@@ -671,27 +691,28 @@ impl Ec2 {
             .name("trunk-interface-association.trunk-interface-id")
             .values(trunk_eni)
             .build();
-        let mut found = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .call(ACTION, || {
-                    self.client
-                        .describe_trunk_interface_associations()
-                        .filters(filter.clone())
-                        .max_results(255)
-                        .set_next_token(token.clone())
-                        .send()
-                })
-                .await?;
-            for a in out.interface_associations() {
-                found.push(association(ACTION, a)?);
+        all_pages(|token| {
+            let filter = filter.clone();
+            async move {
+                let out = self
+                    .call(ACTION, || {
+                        self.client
+                            .describe_trunk_interface_associations()
+                            .filters(filter.clone())
+                            .max_results(255)
+                            .set_next_token(token.clone())
+                            .send()
+                    })
+                    .await?;
+                let found: Result<Vec<_>, _> = out
+                    .interface_associations()
+                    .iter()
+                    .map(|a| association(ACTION, a))
+                    .collect();
+                Ok((found?, out.next_token().map(str::to_string)))
             }
-            token = out.next_token().map(str::to_string);
-            if token.is_none() {
-                return Ok(found);
-            }
-        }
+        })
+        .await
     }
 
     /// Associates a branch ENI with the trunk under `vlan_id`; returns the association id.
