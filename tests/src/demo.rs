@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::ipamd::Ipamd;
 use crate::netns::{ip_json, ping, tcp_reaches, Netns, TcpService};
+use crate::node::{host_veth, result_ip};
 use crate::plugin::{self, Pod};
 use crate::vpc::Vpc;
 
@@ -89,6 +90,30 @@ pub fn run_node(vpc: &Vpc, count: usize) -> anyhow::Result<Report> {
     let mut ipamd = Ipamd::start(&node, Ipamd::env_for(&node, &dir, &[]))?;
     let conf = node_netconf(&ipamd, &dir);
 
+    let pods = add_pods(&node.netns, &conf, &ipamd, count)?;
+    report.pods = pod_rows(&pods, &ipamd);
+    check_addresses(&mut report, vpc);
+    check_reachability(&mut report, vpc, &pods);
+
+    // DEL, then remove the namespace, in the order a runtime tears a sandbox down.
+    for (ns, pod, result) in pods {
+        let prev = plugin::with_prev_result(&conf, &result);
+        let del = plugin::run(&node.netns, "DEL", &pod, &prev)?;
+        report.check(format!("DEL {} succeeds", pod.name), del.ok());
+        drop(ns);
+    }
+    check_node_clean(&mut report, &node.netns, &ipamd)?;
+    ipamd.stop();
+    Ok(report)
+}
+
+/// ADDs `count` pods, each in a namespace of its own; any failure ends the scenario.
+fn add_pods(
+    node_ns: &str,
+    conf: &Value,
+    ipamd: &Ipamd,
+    count: usize,
+) -> anyhow::Result<Vec<(Netns, Pod, Value)>> {
     let mut pods = Vec::new();
     for i in 0..count {
         let ns = Netns::new(&format!("pod{i}"))?;
@@ -98,7 +123,7 @@ pub fn run_node(vpc: &Vpc, count: usize) -> anyhow::Result<Report> {
             &format!("ctr{i:04}"),
             &ns.path(),
         );
-        let out = plugin::run(&node.netns, "ADD", &pod, &conf)?;
+        let out = plugin::run(node_ns, "ADD", &pod, conf)?;
         if !out.ok() {
             bail!(
                 "ADD {} failed ({}): {}\nipamd log:\n{}",
@@ -110,50 +135,28 @@ pub fn run_node(vpc: &Vpc, count: usize) -> anyhow::Result<Report> {
         }
         pods.push((ns, pod, out.json()));
     }
+    Ok(pods)
+}
 
+/// The table rows: each pod's address, the ENI ipamd says holds it, host veth and table.
+fn pod_rows(pods: &[(Netns, Pod, Value)], ipamd: &Ipamd) -> Vec<PodRow> {
     let owners = crate::introspect::ip_owners(&ipamd.enis().unwrap_or(Value::Null));
-    for (_, pod, result) in &pods {
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap_or("")
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let eni = owners
-            .iter()
-            .find(|(a, _)| *a == ip)
-            .map(|(_, e)| e.clone())
-            .unwrap_or_else(|| "?".into());
-        let table = table_of(result);
-        report.pods.push(PodRow {
-            name: pod.name.clone(),
-            ip,
-            eni,
-            host_veth: result["interfaces"][0]["name"]
-                .as_str()
-                .unwrap_or("")
-                .into(),
-            table,
-        });
-    }
-    check_addresses(&mut report, vpc);
-    check_reachability(&mut report, vpc, &pods);
-
-    // DEL, then remove the namespace, in the order a runtime tears a sandbox down.
-    for (ns, pod, result) in pods {
-        let del = plugin::run(
-            &node.netns,
-            "DEL",
-            &pod,
-            &plugin::with_prev_result(&conf, &result),
-        )?;
-        report.check(format!("DEL {} succeeds", pod.name), del.ok());
-        drop(ns);
-    }
-    check_node_clean(&mut report, &node.netns, &ipamd)?;
-    ipamd.stop();
-    Ok(report)
+    pods.iter()
+        .map(|(_, pod, result)| {
+            let ip = result_ip(result);
+            let eni = owners
+                .iter()
+                .find(|(a, _)| *a == ip)
+                .map_or_else(|| "?".into(), |(_, e)| e.clone());
+            PodRow {
+                name: pod.name.clone(),
+                eni,
+                host_veth: host_veth(result),
+                table: table_of(result),
+                ip,
+            }
+        })
+        .collect()
 }
 
 fn table_of(result: &Value) -> String {

@@ -139,22 +139,7 @@ pub async fn round(
     );
     let web_pod = cni_pod(&web, &web_ns.ns.path(), &format!("c-web-{mode}"));
 
-    // ipamd keeps a warm branch for the set the policy names, so the pod's ADD needs no EC2
-    // call at all: the point of keeping them warm.
-    wait_for("a warm sg-catalog branch", Duration::from_secs(60), || {
-        warm_branch_for(node, "sg-catalog").then_some(())
-    })?;
-    let calls_before = changing_calls(&node.vpc.calls()?);
-    // The kubelet retries a sandbox until ipamd has the pod in its cache; so does this.
-    let added = wait_for("ADD of the catalog pod", Duration::from_secs(60), || {
-        let out = plugin::run(node.netns(), "ADD", &catalog_pod, &conf).ok()?;
-        out.ok().then(|| out.json())
-    })?;
-    let calls_after = changing_calls(&node.vpc.calls()?);
-    checks.check(
-        format!("{mode}: the catalog pod's ADD changed nothing in EC2 ({calls_before:?} -> {calls_after:?})"),
-        calls_before == calls_after,
-    );
+    let added = add_with_warm_branch(node, &catalog_pod, &conf, mode, checks)?;
     let web_added = plugin::run(node.netns(), "ADD", &web_pod, &conf)?;
     if !web_added.ok() {
         bail!("ADD of the web pod failed: {}", web_added.stdout);
@@ -168,16 +153,7 @@ pub async fn round(
         format!("{mode}: the catalog pod got a branch ENI (VLAN {vlan})"),
         vlan > 0,
     );
-    let annotated = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
-        .get(catalog.metadata.name.as_deref().unwrap_or(""))
-        .await?;
-    let annotation = annotated
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .get("vpc.amazonaws.com/pod-eni")
-        .cloned()
-        .unwrap_or_default();
+    let annotation = pod_eni_annotation(client, &catalog).await?;
     checks.check(
         format!("{mode}: the pod carries the pod-eni annotation"),
         annotation.contains(&result_ip(&added)),
@@ -201,6 +177,46 @@ pub async fn round(
     }
     drop((catalog_ns, web_ns));
     nothing_left(node, mode, vlan, checks)
+}
+
+/// ADD of a pod whose policy's group set has a warm branch: it must change nothing in EC2,
+/// the point of keeping branches warm.
+fn add_with_warm_branch(
+    node: &Node,
+    pod: &CniPod,
+    conf: &Value,
+    mode: &str,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
+    wait_for("a warm sg-catalog branch", Duration::from_secs(60), || {
+        warm_branch_for(node, "sg-catalog").then_some(())
+    })?;
+    let before = changing_calls(&node.vpc.calls()?);
+    // The kubelet retries a sandbox until ipamd has the pod in its cache; so does this.
+    let added = wait_for("ADD of the catalog pod", Duration::from_secs(60), || {
+        let out = plugin::run(node.netns(), "ADD", pod, conf).ok()?;
+        out.ok().then(|| out.json())
+    })?;
+    let after = changing_calls(&node.vpc.calls()?);
+    checks.check(
+        format!("{mode}: the catalog pod's ADD changed nothing in EC2 ({before:?} -> {after:?})"),
+        before == after,
+    );
+    Ok(added)
+}
+
+/// The pod's `vpc.amazonaws.com/pod-eni` annotation as the API server has it now.
+async fn pod_eni_annotation(client: &kube::Client, pod: &Pod) -> anyhow::Result<String> {
+    let now = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .get(pod.metadata.name.as_deref().unwrap_or(""))
+        .await?;
+    Ok(now
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("vpc.amazonaws.com/pod-eni")
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// Counts of the EC2 actions that change something (all but Describe*), by action. ipamd's
