@@ -78,12 +78,27 @@ pub async fn run(
         _ = sigint.recv() => return Ok(()),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Without the marks only NodePort/hostPort traffic to pods on secondary ENIs breaks:
-    // worth an error in the log, not a node that cannot run pods at all.
-    let veth_prefix = node.config.veth_prefix.clone();
-    match crate::firewall::apply(firewall, &node.identity.primary_mac, &veth_prefix).await {
-        Ok(()) => tracing::info!(mark = firewall.mark, "nodeport connmark in place"),
-        Err(e) => tracing::error!(error = %e, "nodeport connmark not installed"),
+    // Without the marks and the translation, NodePort/hostPort replies of pods on secondary
+    // ENIs and pods' connections out of the VPC break: worth an error in the log, not a node
+    // that cannot run pods at all.
+    let identity = &node.identity;
+    let applied = crate::firewall::apply(
+        &firewall,
+        &identity.primary_mac,
+        identity.primary_ip,
+        &identity.vpc_cidrs,
+        &node.config.veth_prefix,
+    )
+    .await;
+    match applied {
+        Ok(backend) => tracing::info!(
+            ?backend,
+            mark = firewall.mark,
+            snat = firewall.snat(),
+            node_port_support = firewall.node_port_support,
+            "connmark and snat rules in place"
+        ),
+        Err(e) => tracing::error!(error = %e, "connmark and snat rules not installed"),
     }
     let mut tasks = start(node.clone(), ec2, host, stop_rx.clone())?;
     // A one-shot job, not a server: it must not count as one that stopped on its own.

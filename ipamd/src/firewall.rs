@@ -1,30 +1,57 @@
-//! NodePort and hostPort support for pods on secondary ENIs, as aws-node provides it.
+//! The node's packet marks and source NAT, as aws-node sets them up.
 //!
-//! A connection that arrives on the primary interface for a node address is marked in
-//! conntrack; the pod's replies carry the mark back into the packet, and rule priority 1024
-//! (`fwmark 0x80/0x80 lookup main`) sends them out through the primary interface, where the
-//! reverse NAT gives them the node's address. Without it the reply follows the pod's
-//! priority-1536 rule out of its own ENI with the primary ENI's address as source, and the
-//! VPC drops it (source/destination check).
+//! Source NAT: a pod's connection to an address outside the VPC (and outside
+//! AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS) leaves with the primary ENI's primary address, so the
+//! internet gateway, which only translates that address, carries it. Traffic to the VPC keeps
+//! the pod's address. Packets leaving through a `vlan+` link (branch ENIs of strict-mode pods)
+//! are never translated, so their own security groups see the pod's address.
 //!
-//! The marks are set with nftables (`nft -f -`, one atomic ruleset in table `ip vpc-cni`):
-//! this runs once at start-up, not on a pod's path.
+//! Marks: the first packet of such a pod connection sets a mark in conntrack, every packet of
+//! it carries the mark, and rule priority 1024 (`fwmark 0x80/0x80 lookup main`) routes it
+//! through the main table, out of the primary ENI, where the address is translated. Without it
+//! a pod on a secondary ENI would leave through its own ENI with the primary ENI's address as
+//! source, which the VPC drops. The same mark serves NodePort and hostPort: a connection that
+//! arrives on the primary interface for a node address is marked, and the pod's replies follow
+//! it back out through the primary interface.
+//!
+//! The rules live in iptables chains of ipamd's own (`VPC-CNI-*`), reached by one jump from the
+//! built-in chain, and are replaced in one `iptables-restore --noflush` at start-up: a restart
+//! never stacks rules and another program's rules are never touched. Like kube-proxy, ipamd uses
+//! whichever iptables backend (legacy or nft) already holds the node's rules. This runs once at
+//! start-up, not on a pod's path.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+use ipnet::Ipv4Net;
 use thiserror::Error;
 use vpc_cni::netlink::{MacAddr, Netlink, NetlinkError, Rule, RT_TABLE_MAIN};
 
 pub const NODE_PORT_SUPPORT: &str = "AWS_VPC_CNI_NODE_PORT_SUPPORT";
 pub const CONNMARK: &str = "AWS_VPC_K8S_CNI_CONNMARK";
+pub const EXTERNAL_SNAT: &str = "AWS_VPC_K8S_CNI_EXTERNALSNAT";
+pub const EXCLUDE_SNAT_CIDRS: &str = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS";
+pub const RANDOMIZE_SNAT: &str = "AWS_VPC_K8S_CNI_RANDOMIZESNAT";
 
 /// The variables this module reads, for the manifest check.
-pub const ENV_VARS: &[&str] = &[NODE_PORT_SUPPORT, CONNMARK];
+pub const ENV_VARS: &[&str] = &[
+    NODE_PORT_SUPPORT,
+    CONNMARK,
+    EXTERNAL_SNAT,
+    EXCLUDE_SNAT_CIDRS,
+    RANDOMIZE_SNAT,
+];
 
-/// aws-node's priority for the rule that routes marked replies through the main table.
+/// aws-node's priority for the rule that routes marked packets through the main table.
 pub const CONNMARK_RULE_PRIORITY: u32 = 1024;
-const TABLE: &str = "vpc-cni";
+
+/// ipamd's chains: marks in the mangle table, translation in the nat table.
+pub const MARK_CHAIN: &str = "VPC-CNI-PREROUTING";
+pub const EGRESS_CHAIN: &str = "VPC-CNI-EGRESS";
+pub const SNAT_CHAIN: &str = "VPC-CNI-SNAT";
+/// The comment on the jump rules in the built-in chains, so a restart finds and replaces them.
+const JUMP_COMMENT: &str = "vpc-cni";
 
 #[derive(Debug, Error)]
 pub enum FirewallError {
@@ -34,29 +61,36 @@ pub enum FirewallError {
     NoPrimary(String),
     #[error("netlink: {0}")]
     Netlink(#[from] NetlinkError),
-    #[error("nft: {0}")]
-    Nft(String),
+    #[error("{program}: {reason}")]
+    Iptables { program: String, reason: String },
 }
 
+/// How the translated source port is chosen (AWS_VPC_K8S_CNI_RANDOMIZESNAT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnatPorts {
+    /// `prng`, the default: fully random ports, which avoids collisions of many pods' flows
+    /// to one destination.
+    FullyRandom,
+    /// `hashrandom`: a hash-seeded port.
+    Random,
+    /// `none`: the kernel's sequential choice.
+    Sequential,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallConfig {
     pub node_port_support: bool,
     pub mark: u32,
+    /// Something outside the node (a NAT gateway, a proxy) translates pod addresses.
+    pub external_snat: bool,
+    /// Destinations that keep the pod's address besides the VPC's own CIDRs.
+    pub exclude_snat: Vec<Ipv4Net>,
+    pub snat_ports: SnatPorts,
 }
 
 impl FirewallConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, FirewallError> {
-        let get = |n: &str| lookup(n).filter(|v| !v.is_empty());
-        let node_port_support = match get(NODE_PORT_SUPPORT).as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(FirewallError::Invalid {
-                    name: NODE_PORT_SUPPORT,
-                    reason: format!("{other:?} is neither true nor false"),
-                })
-            }
-        };
+        let get = |n: &str| lookup(n).filter(|v| !v.trim().is_empty());
         let mark = match get(CONNMARK) {
             None => 0x80,
             Some(v) => parse_mark(&v).ok_or(FirewallError::Invalid {
@@ -64,14 +98,65 @@ impl FirewallConfig {
                 reason: format!("{v:?} is not a non-zero 32-bit mark"),
             })?,
         };
+        let snat_ports = match get(RANDOMIZE_SNAT).as_deref() {
+            None | Some("prng") => SnatPorts::FullyRandom,
+            Some("hashrandom") => SnatPorts::Random,
+            Some("none") => SnatPorts::Sequential,
+            Some(other) => {
+                return Err(FirewallError::Invalid {
+                    name: RANDOMIZE_SNAT,
+                    reason: format!("{other:?} is none of prng, hashrandom, none"),
+                })
+            }
+        };
         Ok(FirewallConfig {
-            node_port_support,
+            node_port_support: bool_var(&get, NODE_PORT_SUPPORT, true)?,
             mark,
+            external_snat: bool_var(&get, EXTERNAL_SNAT, false)?,
+            exclude_snat: cidr_list(get(EXCLUDE_SNAT_CIDRS).as_deref().unwrap_or(""))?,
+            snat_ports,
         })
+    }
+
+    /// Whether pods' off-VPC connections are marked and translated on this node.
+    pub fn snat(&self) -> bool {
+        !self.external_snat
     }
 }
 
+fn bool_var(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, FirewallError> {
+    match get(name).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(FirewallError::Invalid {
+            name,
+            reason: format!("{other:?} is neither true nor false"),
+        }),
+    }
+}
+
+fn cidr_list(v: &str) -> Result<Vec<Ipv4Net>, FirewallError> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<Ipv4Net>()
+                .map(|n| n.trunc())
+                .map_err(|_| FirewallError::Invalid {
+                    name: EXCLUDE_SNAT_CIDRS,
+                    reason: format!("{c:?} is not an IPv4 CIDR"),
+                })
+        })
+        .collect()
+}
+
 fn parse_mark(v: &str) -> Option<u32> {
+    let v = v.trim();
     let n = match v.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16).ok()?,
         None => v.parse().ok()?,
@@ -79,31 +164,254 @@ fn parse_mark(v: &str) -> Option<u32> {
     (n != 0).then_some(n)
 }
 
-/// The nftables ruleset: replaces the table as a whole, so a restart never stacks rules.
-pub fn ruleset(primary: &str, veth_prefix: &str, mark: u32) -> String {
-    format!(
-        "table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
-         \tchain prerouting {{\n\
-         \t\ttype filter hook prerouting priority mangle; policy accept;\n\
-         \t\tiifname \"{primary}\" fib daddr . iif type local ct mark set ct mark or {mark:#x}\n\
-         \t\tiifname \"{veth_prefix}*\" meta mark set ct mark and {mark:#x}\n\
-         \t\tiifname \"vlan*\" meta mark set ct mark and {mark:#x}\n\
-         \t}}\n\
-         }}\n"
-    )
+/// What the rules are made of on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The primary ENI's link name.
+    pub primary_link: String,
+    /// The primary ENI's primary address: the source of translated traffic.
+    pub primary_ip: Ipv4Addr,
+    pub vpc_cidrs: Vec<Ipv4Net>,
+    pub veth_prefix: String,
 }
 
-/// Installs the marks and rule 1024 in ipamd's own network namespace (the node's).
-pub async fn apply(
-    config: FirewallConfig,
-    primary_mac: &str,
-    veth_prefix: &str,
-) -> Result<(), FirewallError> {
-    if !config.node_port_support {
-        return Ok(());
+/// The CIDRs whose traffic keeps the pod's address: the VPC's, then the configured ones.
+fn exempt(config: &FirewallConfig, facts: &NodeFacts) -> Vec<Ipv4Net> {
+    let mut out: Vec<Ipv4Net> = Vec::new();
+    for cidr in facts.vpc_cidrs.iter().chain(&config.exclude_snat) {
+        if !out.contains(cidr) {
+            out.push(*cidr);
+        }
     }
+    out
+}
+
+/// The mangle table's rules: NodePort marks, pod egress marks, and the mark's restore into
+/// every packet that comes from a pod.
+fn mark_rules(config: &FirewallConfig, facts: &NodeFacts) -> Vec<String> {
+    let m = config.mark;
+    let pods = format!("{}+", facts.veth_prefix);
+    let restore = format!("-j CONNMARK --restore-mark --nfmask {m:#x} --ctmask {m:#x}");
+    let mut rules = Vec::new();
+    if config.node_port_support {
+        rules.push(format!(
+            "-A {MARK_CHAIN} -i {} -m addrtype --dst-type LOCAL --limit-iface-in \
+             -j CONNMARK --set-xmark {m:#x}/{m:#x}",
+            facts.primary_link
+        ));
+    }
+    if config.snat() {
+        rules.push(format!(
+            "-A {MARK_CHAIN} -i {pods} -m conntrack --ctstate NEW -j {EGRESS_CHAIN}"
+        ));
+        rules.push(format!(
+            "-A {EGRESS_CHAIN} -m addrtype --dst-type LOCAL -j RETURN"
+        ));
+        for cidr in exempt(config, facts) {
+            rules.push(format!("-A {EGRESS_CHAIN} -d {cidr} -j RETURN"));
+        }
+        rules.push(format!(
+            "-A {EGRESS_CHAIN} -j CONNMARK --set-xmark {m:#x}/{m:#x}"
+        ));
+    }
+    if !rules.is_empty() {
+        rules.push(format!("-A {MARK_CHAIN} -i {pods} {restore}"));
+        rules.push(format!("-A {MARK_CHAIN} -i vlan+ {restore}"));
+    }
+    rules
+}
+
+/// The nat table's rules: everything leaving the node for outside the VPC takes the primary
+/// address, except what leaves through a branch ENI's VLAN.
+fn snat_rules(config: &FirewallConfig, facts: &NodeFacts) -> Vec<String> {
+    if !config.snat() {
+        return Vec::new();
+    }
+    let mut rules = vec![format!("-A {SNAT_CHAIN} -o vlan+ -j RETURN")];
+    for cidr in exempt(config, facts) {
+        rules.push(format!("-A {SNAT_CHAIN} -d {cidr} -j RETURN"));
+    }
+    let ports = match config.snat_ports {
+        SnatPorts::FullyRandom => " --random-fully",
+        SnatPorts::Random => " --random",
+        SnatPorts::Sequential => "",
+    };
+    rules.push(format!(
+        "-A {SNAT_CHAIN} -m addrtype ! --dst-type LOCAL -j SNAT --to-source {}{ports}",
+        facts.primary_ip
+    ));
+    rules
+}
+
+/// One table's part of the restore document: the chains are declared (which empties them
+/// under --noflush), earlier jumps to them are deleted as `saved` lists them, and the jump is
+/// added again when the chain has rules.
+fn table_section(
+    table: &str,
+    hook: &str,
+    chains: &[&str],
+    rules: &[String],
+    saved: &str,
+) -> String {
+    let mut doc = format!("*{table}\n");
+    for chain in chains {
+        doc.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    let entry = chains[0];
+    for old in saved_jumps(saved, table, hook, entry) {
+        doc.push_str(&format!("-D{}\n", &old["-A".len()..]));
+    }
+    if !rules.is_empty() {
+        doc.push_str(&format!(
+            "-A {hook} -m comment --comment {JUMP_COMMENT} -j {entry}\n"
+        ));
+        for rule in rules {
+            doc.push_str(rule);
+            doc.push('\n');
+        }
+    }
+    doc.push_str("COMMIT\n");
+    doc
+}
+
+/// The lines of `saved` (iptables-save output) in `table` that jump from `hook` to `target`.
+fn saved_jumps<'a>(saved: &'a str, table: &str, hook: &str, target: &str) -> Vec<&'a str> {
+    let mut current = "";
+    let mut out = Vec::new();
+    let (start, end) = (format!("-A {hook} "), format!("-j {target}"));
+    for line in saved.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('*') {
+            current = name;
+        } else if current == table && line.starts_with(&start) && line.ends_with(&end) {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// The whole `iptables-restore --noflush` document for this node, given the backend's
+/// current rules.
+pub fn restore_document(config: &FirewallConfig, facts: &NodeFacts, saved: &str) -> String {
+    let mangle = table_section(
+        "mangle",
+        "PREROUTING",
+        &[MARK_CHAIN, EGRESS_CHAIN],
+        &mark_rules(config, facts),
+        saved,
+    );
+    let nat = table_section(
+        "nat",
+        "POSTROUTING",
+        &[SNAT_CHAIN],
+        &snat_rules(config, facts),
+        saved,
+    );
+    mangle + &nat
+}
+
+/// An iptables backend: the legacy x_tables or the nftables-based one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Legacy,
+    Nft,
+}
+
+impl Backend {
+    fn program(self, verb: &str) -> String {
+        match self {
+            Backend::Legacy => format!("iptables-legacy-{verb}"),
+            Backend::Nft => format!("iptables-nft-{verb}"),
+        }
+    }
+}
+
+/// The number of rules in an iptables-save output.
+fn rule_count(saved: &str) -> usize {
+    saved.lines().filter(|l| l.starts_with("-A ")).count()
+}
+
+/// The backend the node already uses: the one holding more rules (kube-proxy's and the
+/// runtime's). On a node with none, nft when this kernel offers it, else legacy.
+pub fn choose_backend(legacy: Option<&str>, nft: Option<&str>) -> Option<Backend> {
+    match (legacy, nft) {
+        (Some(l), Some(n)) if rule_count(l) > rule_count(n) => Some(Backend::Legacy),
+        (_, Some(_)) => Some(Backend::Nft),
+        (Some(_), None) => Some(Backend::Legacy),
+        (None, None) => None,
+    }
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+    let fail = |reason: String| FirewallError::Iptables {
+        program: program.to_string(),
+        reason,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("start: {e}")))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| fail(format!("write rules: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(fail(err.trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The current rules of `backend`, or None when it does not work in this kernel.
+fn save(backend: Backend) -> Option<String> {
+    match run(&backend.program("save"), &[], None) {
+        Ok(out) => Some(out),
+        Err(e) => {
+            tracing::debug!(error = %e, ?backend, "iptables backend unusable");
+            None
+        }
+    }
+}
+
+/// Replaces ipamd's chains in the backend the node uses.
+fn replace_chains(config: &FirewallConfig, facts: &NodeFacts) -> Result<Backend, FirewallError> {
+    let legacy = save(Backend::Legacy);
+    let nft = save(Backend::Nft);
+    let backend =
+        choose_backend(legacy.as_deref(), nft.as_deref()).ok_or(FirewallError::Iptables {
+            program: "iptables-save".into(),
+            reason: "neither iptables-legacy-save nor iptables-nft-save works".into(),
+        })?;
+    let saved = match backend {
+        Backend::Legacy => legacy,
+        Backend::Nft => nft,
+    }
+    .unwrap_or_default();
+    let doc = restore_document(config, facts, &saved);
+    run(
+        &backend.program("restore"),
+        &["-w", "5", "--noflush"],
+        Some(&doc),
+    )?;
+    Ok(backend)
+}
+
+/// Installs the marks, source NAT and rule 1024 in ipamd's own network namespace (the
+/// node's), and returns the backend used.
+pub async fn apply(
+    config: &FirewallConfig,
+    primary_mac: &str,
+    primary_ip: Ipv4Addr,
+    vpc_cidrs: &[Ipv4Net],
+    veth_prefix: &str,
+) -> Result<Backend, FirewallError> {
     let nl = Netlink::current()?;
     let mac: MacAddr = primary_mac
         .parse()
@@ -112,7 +420,15 @@ pub async fn apply(
         .link_by_mac(mac)
         .await?
         .ok_or_else(|| FirewallError::NoPrimary(primary_mac.into()))?;
-    nft(&ruleset(&primary.name, veth_prefix, config.mark))?;
+    let facts = NodeFacts {
+        primary_link: primary.name,
+        primary_ip,
+        vpc_cidrs: vpc_cidrs.to_vec(),
+        veth_prefix: veth_prefix.to_string(),
+    };
+    // On this thread, not a blocking pool's: the iptables programs inherit the calling
+    // thread's network namespace, and a test may have entered one on this thread only.
+    let backend = replace_chains(config, &facts)?;
     let rule = Rule {
         priority: Some(CONNMARK_RULE_PRIORITY),
         table: RT_TABLE_MAIN,
@@ -120,71 +436,183 @@ pub async fn apply(
         fwmask: Some(config.mark),
         ..Rule::default()
     };
-    nl.add_rule(&rule).await?;
-    Ok(())
-}
-
-fn nft(ruleset: &str) -> Result<(), FirewallError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| FirewallError::Nft(format!("start: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(ruleset.as_bytes())
-            .map_err(|e| FirewallError::Nft(format!("write ruleset: {e}")))?;
+    if config.node_port_support || config.snat() {
+        nl.add_rule(&rule).await?;
+    } else {
+        nl.delete_rules(&rule).await?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| FirewallError::Nft(e.to_string()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(FirewallError::Nft(err.trim().to_string()));
-    }
-    Ok(())
+    Ok(backend)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn facts() -> NodeFacts {
+        NodeFacts {
+            primary_link: "eth0".into(),
+            primary_ip: "10.0.0.10".parse().unwrap(),
+            vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            veth_prefix: "eni".into(),
+        }
+    }
+
+    fn config(vars: &[(&str, &str)]) -> Result<FirewallConfig, FirewallError> {
+        FirewallConfig::from_lookup(|n| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
     #[test]
     fn defaults_are_aws_nodes() {
-        let c = FirewallConfig::from_lookup(|_| None).unwrap();
+        let c = config(&[]).unwrap();
         assert_eq!(
             c,
             FirewallConfig {
                 node_port_support: true,
-                mark: 0x80
+                mark: 0x80,
+                external_snat: false,
+                exclude_snat: vec![],
+                snat_ports: SnatPorts::FullyRandom,
             }
         );
     }
 
     #[test]
-    fn mark_accepts_hex_and_decimal_and_names_bad_values() {
-        let c = FirewallConfig::from_lookup(|n| (n == CONNMARK).then(|| "0x100".into())).unwrap();
+    fn bad_values_name_their_variable() {
+        let c = config(&[(CONNMARK, "0x100")]).unwrap();
         assert_eq!(c.mark, 0x100);
-        let c = FirewallConfig::from_lookup(|n| (n == CONNMARK).then(|| "64".into())).unwrap();
-        assert_eq!(c.mark, 64);
-        for bad in ["0", "mark", "0xZZ"] {
-            let err = FirewallConfig::from_lookup(|n| (n == CONNMARK).then(|| bad.into()));
-            assert!(err.unwrap_err().to_string().starts_with(CONNMARK));
+        assert_eq!(config(&[(CONNMARK, "64")]).unwrap().mark, 64);
+        let bad = [
+            (CONNMARK, "0"),
+            (CONNMARK, "mark"),
+            (CONNMARK, "0xZZ"),
+            (NODE_PORT_SUPPORT, "yes"),
+            (EXTERNAL_SNAT, "1"),
+            (EXCLUDE_SNAT_CIDRS, "10.1.0.0/16,nonsense"),
+            (EXCLUDE_SNAT_CIDRS, "fd00::/8"),
+            (RANDOMIZE_SNAT, "random"),
+        ];
+        for (name, value) in bad {
+            let err = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{name}={value}: {err}");
         }
-        let err = FirewallConfig::from_lookup(|n| (n == NODE_PORT_SUPPORT).then(|| "yes".into()));
-        assert!(err.unwrap_err().to_string().starts_with(NODE_PORT_SUPPORT));
     }
 
     #[test]
-    fn ruleset_marks_on_the_primary_and_restores_from_pod_links() {
-        let r = ruleset("eth0", "eni", 0x80);
-        assert!(
-            r.contains("iifname \"eth0\" fib daddr . iif type local ct mark set ct mark or 0x80")
+    fn exclusions_are_a_comma_list_of_networks() {
+        let c = config(&[(EXCLUDE_SNAT_CIDRS, " 10.1.0.0/16, 192.168.7.9/24 ,")]).unwrap();
+        let want: Vec<Ipv4Net> = vec![
+            "10.1.0.0/16".parse().unwrap(),
+            "192.168.7.0/24".parse().unwrap(),
+        ];
+        assert_eq!(c.exclude_snat, want);
+        let c = config(&[(EXTERNAL_SNAT, "true"), (RANDOMIZE_SNAT, "none")]).unwrap();
+        assert!(!c.snat());
+        assert_eq!(c.snat_ports, SnatPorts::Sequential);
+    }
+
+    #[test]
+    fn pods_off_the_vpc_are_marked_and_translated_except_through_vlans() {
+        let c = config(&[(EXCLUDE_SNAT_CIDRS, "10.1.0.0/16,10.0.0.0/16")]).unwrap();
+        let doc = restore_document(&c, &facts(), "");
+        let lines: Vec<&str> = doc.lines().collect();
+        let pos = |l: &str| {
+            lines
+                .iter()
+                .position(|x| *x == l)
+                .unwrap_or_else(|| panic!("{l} missing from\n{doc}"))
+        };
+        // NodePort connections and pod egress are marked; replies and egress carry the mark.
+        pos("-A VPC-CNI-PREROUTING -i eth0 -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark 0x80/0x80");
+        let egress =
+            pos("-A VPC-CNI-PREROUTING -i eni+ -m conntrack --ctstate NEW -j VPC-CNI-EGRESS");
+        let restore = pos(
+            "-A VPC-CNI-PREROUTING -i eni+ -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80",
         );
-        assert!(r.contains("iifname \"eni*\" meta mark set ct mark and 0x80"));
-        assert!(r.contains("iifname \"vlan*\" meta mark set ct mark and 0x80"));
-        assert!(r.starts_with("table ip vpc-cni\ndelete table ip vpc-cni\n"));
+        assert!(egress < restore, "the mark is set before it is restored");
+        pos(
+            "-A VPC-CNI-PREROUTING -i vlan+ -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80",
+        );
+        // The VPC comes first, an exclusion repeating it is not doubled.
+        let vpc = pos("-A VPC-CNI-SNAT -d 10.0.0.0/16 -j RETURN");
+        let peer = pos("-A VPC-CNI-SNAT -d 10.1.0.0/16 -j RETURN");
+        let vlan = pos("-A VPC-CNI-SNAT -o vlan+ -j RETURN");
+        let snat = pos("-A VPC-CNI-SNAT -m addrtype ! --dst-type LOCAL -j SNAT --to-source 10.0.0.10 --random-fully");
+        assert!(vlan < snat && vpc < peer && peer < snat);
+        assert_eq!(
+            doc.matches("-d 10.0.0.0/16").count(),
+            2,
+            "once per table:\n{doc}"
+        );
+        pos("-A VPC-CNI-EGRESS -d 10.1.0.0/16 -j RETURN");
+        assert!(
+            pos("-A VPC-CNI-EGRESS -m addrtype --dst-type LOCAL -j RETURN")
+                < pos("-A VPC-CNI-EGRESS -j CONNMARK --set-xmark 0x80/0x80")
+        );
+        pos("-A POSTROUTING -m comment --comment vpc-cni -j VPC-CNI-SNAT");
+        pos("-A PREROUTING -m comment --comment vpc-cni -j VPC-CNI-PREROUTING");
+        assert_eq!(doc.matches("COMMIT").count(), 2);
+    }
+
+    #[test]
+    fn external_snat_leaves_only_the_nodeport_marks() {
+        let c = config(&[(EXTERNAL_SNAT, "true"), (RANDOMIZE_SNAT, "hashrandom")]).unwrap();
+        let doc = restore_document(&c, &facts(), "");
+        assert!(
+            !doc.contains("-j SNAT") && !doc.contains("-j VPC-CNI-EGRESS"),
+            "{doc}"
+        );
+        assert!(!doc.contains("-A POSTROUTING"), "{doc}");
+        assert!(
+            doc.contains(":VPC-CNI-SNAT - [0:0]"),
+            "the chain is still emptied:\n{doc}"
+        );
+        assert!(doc.contains("--set-xmark 0x80/0x80"));
+        let c = config(&[(EXTERNAL_SNAT, "true"), (NODE_PORT_SUPPORT, "false")]).unwrap();
+        let doc = restore_document(&c, &facts(), "");
+        assert!(!doc.contains("-A "), "nothing to install:\n{doc}");
+        let c = config(&[(RANDOMIZE_SNAT, "hashrandom")]).unwrap();
+        assert!(restore_document(&c, &facts(), "").contains("--to-source 10.0.0.10 --random\n"));
+    }
+
+    #[test]
+    fn a_restart_replaces_its_jumps_and_leaves_others_alone() {
+        let saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n\
+            -A PREROUTING -m comment --comment vpc-cni -j VPC-CNI-PREROUTING\n\
+            -A PREROUTING -j KUBE-MARK\nCOMMIT\n*nat\n\
+            -A POSTROUTING -m comment --comment vpc-cni -j VPC-CNI-SNAT\n\
+            -A POSTROUTING -m comment --comment vpc-cni -j VPC-CNI-SNAT\n\
+            -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\nCOMMIT\n";
+        let doc = restore_document(&config(&[]).unwrap(), &facts(), saved);
+        assert_eq!(
+            doc.matches("-D PREROUTING -m comment --comment vpc-cni -j VPC-CNI-PREROUTING\n")
+                .count(),
+            1
+        );
+        assert_eq!(
+            doc.matches("-D POSTROUTING -m comment --comment vpc-cni -j VPC-CNI-SNAT\n")
+                .count(),
+            2
+        );
+        assert!(!doc.contains("KUBE"), "{doc}");
+        let mangle = doc.split("*nat").next().unwrap();
+        assert!(
+            !mangle.contains("VPC-CNI-SNAT"),
+            "a jump is deleted in its own table"
+        );
+    }
+
+    #[test]
+    fn the_backend_with_the_nodes_rules_wins() {
+        let some = "*nat\n-A POSTROUTING -j KUBE-POSTROUTING\n-A PREROUTING -j KUBE\nCOMMIT\n";
+        let one = "*nat\n-A POSTROUTING -j X\nCOMMIT\n";
+        assert_eq!(choose_backend(Some(some), Some(one)), Some(Backend::Legacy));
+        assert_eq!(choose_backend(Some(one), Some(some)), Some(Backend::Nft));
+        assert_eq!(choose_backend(Some(""), Some("")), Some(Backend::Nft));
+        assert_eq!(choose_backend(Some(""), None), Some(Backend::Legacy));
+        assert_eq!(choose_backend(None, None), None);
     }
 }
