@@ -185,8 +185,10 @@ pub fn ping_from_path(netns_path: &str, dst: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A TCP server inside a namespace that accepts every connection and answers "ok\n", until
-/// dropped. Stands in for a VPC service (a database) in reachability checks.
+/// A TCP server inside a namespace that accepts every connection and answers "ok\n" followed
+/// by the address it saw the connection come from and "\n", until dropped. Stands in for a VPC
+/// service (a database) in reachability checks; the address tells which source a connection
+/// arrived with (after any SNAT on the way). Clients that read only "ok\n" need nothing more.
 pub struct TcpService {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -218,9 +220,9 @@ impl TcpService {
             };
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
+                    Ok((mut s, peer)) => {
                         use std::io::Write;
-                        let _ = s.write_all(b"ok\n");
+                        let _ = s.write_all(format!("ok\n{}\n", peer.ip()).as_bytes());
                     }
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 }
@@ -244,6 +246,7 @@ impl Drop for TcpService {
 }
 
 /// Whether a TCP connection from `netns` to `addr:port` is accepted and answered in time.
+/// Reads only the "ok\n" a TcpService starts its answer with.
 pub fn tcp_reaches(netns: &str, addr: &str, port: u16) -> bool {
     let (netns, addr) = (netns.to_string(), addr.to_string());
     std::thread::spawn(move || -> anyhow::Result<bool> {
@@ -261,4 +264,50 @@ pub fn tcp_reaches(netns: &str, addr: &str, port: u16) -> bool {
     .join()
     .unwrap_or(Ok(false))
     .unwrap_or(false)
+}
+
+/// The source address a TcpService at `addr:port` saw when `netns` connected to it; None when
+/// the connection or the answer failed or came late.
+pub fn tcp_source(netns: &str, addr: &str, port: u16) -> Option<std::net::IpAddr> {
+    let (netns, addr) = (netns.to_string(), addr.to_string());
+    std::thread::spawn(move || -> anyhow::Result<Option<std::net::IpAddr>> {
+        use std::io::Read;
+        enter(&netns)?;
+        let sa: std::net::SocketAddr = format!("{addr}:{port}").parse()?;
+        let timeout = std::time::Duration::from_secs(2);
+        let Ok(s) = std::net::TcpStream::connect_timeout(&sa, timeout) else {
+            return Ok(None);
+        };
+        s.set_read_timeout(Some(timeout))?;
+        // The service closes after its answer; 64 bytes hold "ok\n" and any IPv6 address.
+        let mut answer = String::new();
+        s.take(64).read_to_string(&mut answer)?;
+        Ok(parse_answer(&answer))
+    })
+    .join()
+    .ok()
+    .and_then(Result::ok)
+    .flatten()
+}
+
+fn parse_answer(answer: &str) -> Option<std::net::IpAddr> {
+    let peer = answer.strip_prefix("ok\n")?.strip_suffix('\n')?;
+    peer.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_names_the_peer() {
+        assert_eq!(
+            parse_answer("ok\n10.0.0.10\n"),
+            Some("10.0.0.10".parse().unwrap())
+        );
+        assert_eq!(parse_answer("ok\n::1\n"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_answer("ok\n"), None);
+        assert_eq!(parse_answer("ok\n10.0.0.10"), None);
+        assert_eq!(parse_answer("no\n10.0.0.10\n"), None);
+    }
 }
