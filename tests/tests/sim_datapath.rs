@@ -1,12 +1,18 @@
-//! vpc-sim's datapath: packets travel between instances the way the VPC carries them, only to
-//! addresses EC2 assigned and only from addresses the sending ENI owns. Needs root.
+//! vpc-sim's datapath: packets travel between instances, and to hosts beyond the VPC's private
+//! gateway, the way the VPC carries them, only to addresses EC2 assigned and only from
+//! addresses the sending ENI owns. Needs root.
 
 mod sim_util;
 
 use std::net::Ipv4Addr;
 
 use aws_sdk_ec2::Client;
-use sim_util::{exec_ok, ping, require_root, scenario, Sim};
+use harness::netns::{tcp_reaches, tcp_source, TcpService};
+use serde_json::{json, Value};
+use sim_util::{exec_ok, ping, require_root, scenario, tcp_ok, Sim};
+
+/// The host beyond the VPC in `outside_scenario`.
+const OUTSIDE_HOST: &str = "203.0.113.10";
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -37,9 +43,15 @@ async fn unassign(ec2: &Client, eni: &str, addr: &str) {
 /// Counts ICMP echo requests from `src` arriving in `netns` (an nft counter in that
 /// instance's own namespace).
 fn watch_echo_requests(netns: &str, src: &str) {
+    watch(netns, &format!("ip saddr {src} icmp type echo-request"));
+}
+
+/// Counts packets that match the nft expression `rule` arriving in `netns`; read the count
+/// with `watched`.
+fn watch(netns: &str, rule: &str) {
     let script = format!(
         "table ip watch {{\n chain input {{\n type filter hook input priority 0;\n \
-         ip saddr {src} icmp type echo-request counter\n }}\n}}\n"
+         {rule} counter\n }}\n}}\n"
     );
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", netns, "nft", "-f", "-"])
@@ -59,7 +71,7 @@ fn fabric_drops(sim: &Sim) -> u64 {
     sim_util::fabric_counter(&sim.info.fabric_netns, "source/destination check drops")
 }
 
-fn echo_requests_seen(netns: &str) -> u64 {
+fn watched(netns: &str) -> u64 {
     let text = exec_ok(netns, &["nft", "-j", "list", "table", "ip", "watch"]);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["nftables"]
@@ -167,11 +179,7 @@ async fn source_check_drops_packets_from_foreign_addresses() {
     );
     let drops = fabric_drops(&sim);
     assert!(!ping(&small, ip("10.0.1.20"), Some(ip("10.0.0.11"))));
-    assert_eq!(
-        echo_requests_seen(&db),
-        0,
-        "spoofed packet reached the host"
-    );
+    assert_eq!(watched(&db), 0, "spoofed packet reached the host");
     assert!(
         fabric_drops(&sim) > drops,
         "the fabric did not count the drop"
@@ -179,7 +187,7 @@ async fn source_check_drops_packets_from_foreign_addresses() {
 
     // The owner of that address gets through, so the counter does count.
     assert!(ping(&large, ip("10.0.1.20"), None));
-    assert_eq!(echo_requests_seen(&db), 1);
+    assert_eq!(watched(&db), 1);
 
     // Once EC2 assigns an address to the sender's ENI, it may use it as source.
     exec_ok(
@@ -253,4 +261,164 @@ async fn secondary_eni_answers_once_routed_like_ipamd_does() {
         ping(&db, ip(&eni_ip), None),
         "secondary ENI unreachable with policy routing"
     );
+}
+
+/// One node and one host beyond the VPC. The node's group admits only the VPC; sg-vpn admits
+/// TCP 5432 from the outside network, sg-no-egress lets nothing new leave.
+fn outside_scenario() -> Value {
+    json!({
+        "region": "us-west-2",
+        "vpc": {"id": "vpc-0123456789abcdef0", "cidr": "10.0.0.0/16"},
+        "subnets": [{"id": "subnet-a", "cidr": "10.0.0.0/24", "az": "us-west-2a"}],
+        "securityGroups": [
+            {"id": "sg-vpc", "name": "vpc",
+             "ingress": [{"protocol": "-1", "cidrs": ["10.0.0.0/16"]}]},
+            {"id": "sg-vpn", "name": "vpn",
+             "ingress": [{"protocol": "tcp", "fromPort": 5432, "toPort": 5432,
+                          "cidrs": ["203.0.113.0/24"]}]},
+            {"id": "sg-no-egress", "name": "no-egress",
+             "ingress": [{"protocol": "-1", "cidrs": ["10.0.0.0/16"]}], "egress": []}
+        ],
+        "instances": [
+            {"id": "i-node", "type": "m5.large", "subnet": "subnet-a",
+             "securityGroups": ["sg-vpc"], "role": "node", "privateIp": "10.0.0.10"}
+        ],
+        "outside": [OUTSIDE_HOST]
+    })
+}
+
+fn outside_netns(sim: &Sim) -> String {
+    let outside = sim
+        .info
+        .outside
+        .as_ref()
+        .expect("sim.json names the outside");
+    assert_eq!(outside.addresses, [ip(OUTSIDE_HOST)]);
+    outside.netns.clone()
+}
+
+async fn set_groups(ec2: &Client, eni: &str, groups: &[&str]) {
+    let mut req = ec2
+        .modify_network_interface_attribute()
+        .network_interface_id(eni);
+    for g in groups {
+        req = req.groups(*g);
+    }
+    req.send().await.expect("modify groups");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_sees_the_source_an_instance_sends_with() {
+    require_root();
+    let sim = Sim::start(&outside_scenario());
+    let node = sim.netns("i-node");
+    let outside = outside_netns(&sim);
+    let _service = TcpService::start(&outside, 8443).expect("service in the outside netns");
+
+    // The gateway carries the node's own address unchanged.
+    assert_eq!(
+        tcp_source(&node, OUTSIDE_HOST, 8443),
+        Some(ip("10.0.0.10").into()),
+        "the outside saw another source than the node's primary address"
+    );
+
+    // The node sends from an address EC2 never gave it: the source check drops it on the way.
+    exec_ok(&node, &["ip", "addr", "add", "10.0.0.99/32", "dev", "lo"]);
+    exec_ok(
+        &node,
+        &[
+            "ip",
+            "route",
+            "add",
+            OUTSIDE_HOST,
+            "via",
+            "10.0.0.1",
+            "dev",
+            "eth0",
+            "src",
+            "10.0.0.99",
+        ],
+    );
+    watch(&outside, "ip saddr 10.0.0.99");
+    let drops = fabric_drops(&sim);
+    assert_eq!(tcp_source(&node, OUTSIDE_HOST, 8443), None);
+    assert_eq!(watched(&outside), 0, "a foreign source reached the outside");
+    assert!(
+        fabric_drops(&sim) > drops,
+        "the fabric did not count the drop"
+    );
+
+    // Once EC2 assigns it, that address leaves the VPC as it is.
+    let eni = primary_eni(&sim, "i-node");
+    assign(&sim.ec2(), &eni, "10.0.0.99").await;
+    assert_eq!(
+        tcp_source(&node, OUTSIDE_HOST, 8443),
+        Some(ip("10.0.0.99").into())
+    );
+    assert!(watched(&outside) > 0);
+
+    // The sending ENI's egress rules apply to the outside like to any peer.
+    set_groups(&sim.ec2(), &eni, &["sg-no-egress"]).await;
+    let denied = format!("out-{eni} denied");
+    let before = sim_util::fabric_counter(&sim.info.fabric_netns, &denied);
+    assert_eq!(tcp_source(&node, OUTSIDE_HOST, 8443), None);
+    assert!(sim_util::fabric_counter(&sim.info.fabric_netns, &denied) > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_reaches_an_instance_only_when_a_group_admits_it() {
+    require_root();
+    let mut sim = Sim::start(&outside_scenario());
+    let node = sim.netns("i-node");
+    let outside = outside_netns(&sim);
+    let eni = primary_eni(&sim, "i-node");
+    let _service = TcpService::start(&node, 5432).expect("service in the node netns");
+    let target = "10.0.0.10:5432";
+
+    // sg-vpc admits the VPC only: the node's ingress chain drops the outside's SYN.
+    let denied = format!("in-{eni} denied");
+    let before = sim_util::fabric_counter(&sim.info.fabric_netns, &denied);
+    assert!(!tcp_reaches(&outside, "10.0.0.10", 5432));
+    assert!(!tcp_ok(&outside, target, 1000));
+    assert!(sim_util::fabric_counter(&sim.info.fabric_netns, &denied) > before);
+
+    set_groups(&sim.ec2(), &eni, &["sg-vpc", "sg-vpn"]).await;
+    assert!(tcp_reaches(&outside, "10.0.0.10", 5432), "sg-vpn admits it");
+    assert!(tcp_ok(&outside, target, 2000), "vpc-sim tcp-connect");
+    assert_eq!(
+        tcp_source(&outside, "10.0.0.10", 5432),
+        Some(ip(OUTSIDE_HOST).into()),
+        "the gateway translated the outside's address"
+    );
+
+    // The outside namespace goes with the simulator.
+    assert!(sim.stop().success(), "{}", sim.log());
+    assert!(
+        !std::path::Path::new(&format!("/var/run/netns/{outside}")).exists(),
+        "{outside} left behind"
+    );
+}
+
+#[test]
+fn an_existing_outside_netns_stops_the_start() {
+    require_root();
+    let prefix = format!("vso{}", std::process::id());
+    let squatter = format!("{prefix}-outside");
+    exec_status(&["ip", "netns", "add", &squatter]);
+    let result = Sim::start_with_prefix(&outside_scenario(), &prefix);
+    let fabric_left = std::path::Path::new(&format!("/var/run/netns/{prefix}-fabric")).exists();
+    exec_status(&["ip", "netns", "del", &squatter]);
+    match result {
+        Ok(_) => panic!("vpc-sim started although {squatter} already existed"),
+        Err(log) => assert!(log.contains("already exists"), "{log}"),
+    }
+    assert!(!fabric_left, "vpc-sim created its fabric before refusing");
+}
+
+fn exec_status(argv: &[&str]) {
+    let status = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .status()
+        .expect("run command");
+    assert!(status.success(), "{argv:?} failed");
 }

@@ -7,6 +7,10 @@
 //! only for that ENI's EC2 addresses (a /32 or /28 route per address with a permanent neighbour
 //! entry) and filters what it forwards with EC2's source/destination check and security groups
 //! (see `firewall`).
+//!
+//! Hosts outside the VPC, when the scenario names any, share one more namespace behind a
+//! virtual private gateway: a veth from the fabric, a /32 route per host, and no address
+//! translation on the way, as a site-to-site VPN carries packets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -22,6 +26,9 @@ use super::secgroup::Policy;
 
 /// MTU of every ENI on current instance types (jumbo frames inside a VPC).
 pub const ENI_MTU: u32 = 9001;
+
+/// The fabric end of the link to the hosts outside the VPC; ENI links start with `v` or `b`.
+pub const OUTSIDE_LINK: &str = "xoutside";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FabricError {
@@ -161,10 +168,18 @@ fn port(vpc: &Vpc, eni: &Eni, wire: Wire) -> Option<(String, Port)> {
     Some((eni.id.clone(), port))
 }
 
+/// The hosts beyond the VPC: one namespace holding every address on its loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outside {
+    pub netns: String,
+    pub addresses: Vec<Ipv4Addr>,
+}
+
 #[derive(Debug)]
 pub struct Fabric {
     fabric_ns: String,
     instance_ns: BTreeMap<String, String>,
+    outside: Option<Outside>,
     created: Vec<String>,
     ports: BTreeMap<String, Port>,
     /// Whether this kernel makes 802.1Q links; without them branches exist only in the API.
@@ -175,15 +190,21 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    pub fn new(prefix: &str, vpc: &Vpc) -> Self {
+    /// `outside` are the scenario's hosts beyond the VPC; none means no outside namespace.
+    pub fn new(prefix: &str, vpc: &Vpc, outside: &[Ipv4Addr]) -> Self {
         let instance_ns = vpc
             .instances
             .keys()
             .map(|id| (id.clone(), format!("{prefix}-{id}")))
             .collect();
+        let outside = (!outside.is_empty()).then(|| Outside {
+            netns: format!("{prefix}-outside"),
+            addresses: outside.to_vec(),
+        });
         Self {
             fabric_ns: format!("{prefix}-fabric"),
             instance_ns,
+            outside,
             created: Vec::new(),
             ports: BTreeMap::new(),
             vlan_datapath: false,
@@ -200,6 +221,10 @@ impl Fabric {
         self.vlan_datapath
     }
 
+    pub fn outside(&self) -> Option<&Outside> {
+        self.outside.as_ref()
+    }
+
     pub fn instance_netns(&self, instance_id: &str) -> Result<&str, FabricError> {
         self.instance_ns
             .get(instance_id)
@@ -211,10 +236,12 @@ impl Fabric {
     pub fn build(&mut self, vpc: &Vpc) -> Result<(), FabricError> {
         let mut names = vec![self.fabric_ns.clone()];
         names.extend(self.instance_ns.values().cloned());
+        names.extend(self.outside.iter().map(|o| o.netns.clone()));
         if let Some(taken) = names.iter().find(|n| netns::exists(n)) {
             return Err(FabricError::Exists(taken.clone()));
         }
         self.build_fabric(vpc)?;
+        self.build_outside(vpc)?;
         for (id, instance) in &vpc.instances {
             let ns = self.instance_netns(id)?.to_string();
             self.create_netns(&ns)?;
@@ -251,6 +278,27 @@ impl Fabric {
         Ok(())
     }
 
+    /// The namespace of the hosts beyond the VPC and its veth to the fabric. The VPC routes only
+    /// these hosts out; they route only the VPC back.
+    fn build_outside(&mut self, vpc: &Vpc) -> Result<(), FabricError> {
+        let Some(outside) = self.outside.clone() else {
+            return Ok(());
+        };
+        tracing::info!(netns = %outside.netns, addresses = ?outside.addresses, "build outside");
+        self.create_netns(&outside.netns)?;
+        let mut fabric = vec![format!(
+            "link add {OUTSIDE_LINK} type veth peer name eth0 netns {}",
+            outside.netns
+        )];
+        fabric.extend(outside_fabric_commands(&outside.addresses));
+        netns::ip_batch(&self.fabric_ns, &fabric)?;
+        netns::ip_batch(
+            &outside.netns,
+            &outside_host_commands(&outside.addresses, vpc.cidr),
+        )?;
+        Ok(())
+    }
+
     /// Brings the datapath to `desired`: unplugs ENIs that left or moved, plugs new ones,
     /// adjusts the addresses of the rest, and reloads the firewall if its rules changed.
     pub fn sync(&mut self, desired: Datapath) -> Result<(), FabricError> {
@@ -284,7 +332,8 @@ impl Fabric {
 
     fn apply_firewall(&mut self, policy: &Policy) -> Result<(), FabricError> {
         let ports: Vec<FwPort> = self.ports.values().map(Port::firewall_port).collect();
-        let table = firewall::ruleset(&ports, policy);
+        let outside = self.outside.as_ref().map(|_| OUTSIDE_LINK);
+        let table = firewall::ruleset(&ports, policy, outside);
         if self.firewall.as_ref() == Some(&table) {
             return Ok(());
         }
@@ -410,6 +459,35 @@ fn probe_vlan(fabric_ns: &str) -> bool {
         tracing::warn!(error = %e, "this kernel makes no 802.1Q links: trunk associations work in the EC2 API but carry no traffic");
     }
     made.is_ok()
+}
+
+/// `ip` commands in the fabric that route every outside host to the outside link. The link
+/// keeps the veth's MTU of 1500: jumbo frames do not leave a VPC.
+fn outside_fabric_commands(addresses: &[Ipv4Addr]) -> Vec<String> {
+    let mut commands = vec![
+        format!("link set {OUTSIDE_LINK} up"),
+        // The outside ARPs for every VPC address; answer by proxy at once, as for ENIs.
+        format!("ntable change name arp_cache dev {OUTSIDE_LINK} proxy_delay 0"),
+    ];
+    commands.extend(
+        addresses
+            .iter()
+            .map(|a| format!("route replace {a}/32 dev {OUTSIDE_LINK}")),
+    );
+    commands
+}
+
+/// `ip` commands in the outside namespace: each host address on loopback (answered by ARP on
+/// eth0 too, as Linux does for any local address) and the VPC on-link behind eth0, where the
+/// fabric answers by proxy ARP. No default route: the outside reaches the VPC and nothing else.
+fn outside_host_commands(addresses: &[Ipv4Addr], vpc_cidr: Ipv4Net) -> Vec<String> {
+    let mut commands: Vec<String> = addresses
+        .iter()
+        .map(|a| format!("addr add {a}/32 dev lo"))
+        .collect();
+    commands.push("link set eth0 up".to_string());
+    commands.push(format!("route add {vpc_cidr} dev eth0"));
+    commands
 }
 
 /// `ip` commands that bring a new fabric link up and route the port's addresses to it.
@@ -539,6 +617,29 @@ mod tests {
             ["route replace 10.0.0.48/28 via 10.0.0.20 dev v0123456789abcd onlink"]
         );
         assert_eq!(del_address("vx", "10.0.0.48/28".parse().unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn outside_hosts_are_routed_to_their_own_link() {
+        let hosts = [
+            "203.0.113.10".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+        ];
+        let fabric = outside_fabric_commands(&hosts);
+        assert!(fabric.contains(&"ntable change name arp_cache dev xoutside proxy_delay 0".into()));
+        assert!(fabric.contains(&"route replace 198.51.100.7/32 dev xoutside".into()));
+        let host = outside_host_commands(&hosts, "10.0.0.0/16".parse().unwrap());
+        assert_eq!(
+            host,
+            [
+                "addr add 203.0.113.10/32 dev lo",
+                "addr add 198.51.100.7/32 dev lo",
+                "link set eth0 up",
+                "route add 10.0.0.0/16 dev eth0",
+            ]
+        );
+        // No ENI link name can be the outside link.
+        assert!(!OUTSIDE_LINK.starts_with('v') && !OUTSIDE_LINK.starts_with('b'));
     }
 
     #[test]

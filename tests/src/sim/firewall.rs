@@ -8,6 +8,10 @@
 //! from), then connection tracking (replies of admitted flows pass, which makes the groups
 //! stateful), then the egress chain of the ENI it came from (RETURN when a rule admits it, DROP
 //! otherwise), then the ingress chain of the ENI it goes to (ACCEPT or DROP).
+//!
+//! The link to the hosts outside the VPC, when there is one, is no ENI: what comes from it is
+//! not source-checked (a VPN carries any source) and meets the ingress chain of the ENI it goes
+//! to; what goes to it is accepted once the sending ENI's egress chain admitted it.
 
 use std::fmt::Write;
 
@@ -17,6 +21,7 @@ use super::secgroup::{EniPolicy, Match, Policy, Rule};
 
 pub const SOURCE_CHECK_CHAIN: &str = "vpcsim-srccheck";
 pub const SOURCE_CHECK_COMMENT: &str = "source/destination check drops";
+pub const OUTSIDE_COMMENT: &str = "to outside";
 
 /// What the firewall needs to know about one plugged ENI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +43,9 @@ pub fn egress_chain(eni_id: &str) -> String {
     format!("out-{eni_id}")
 }
 
-/// The whole filter table as iptables-legacy-restore reads it.
-pub fn ruleset(ports: &[FwPort], policy: &Policy) -> String {
+/// The whole filter table as iptables-legacy-restore reads it. `outside` is the fabric's link
+/// to the hosts beyond the VPC, if it has one.
+pub fn ruleset(ports: &[FwPort], policy: &Policy, outside: Option<&str>) -> String {
     let none = EniPolicy::default();
     let mut doc = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n");
     doc.push_str(":OUTPUT ACCEPT [0:0]\n");
@@ -48,8 +54,8 @@ pub fn ruleset(ports: &[FwPort], policy: &Policy) -> String {
         let _ = writeln!(doc, ":{} - [0:0]", egress_chain(&port.eni_id));
         let _ = writeln!(doc, ":{} - [0:0]", ingress_chain(&port.eni_id));
     }
-    forward_chain(&mut doc, ports);
-    source_check(&mut doc, ports);
+    forward_chain(&mut doc, ports, outside);
+    source_check(&mut doc, ports, outside);
     for port in ports {
         let rules = policy.enis.get(&port.eni_id).unwrap_or(&none);
         group_chain(
@@ -71,7 +77,7 @@ pub fn ruleset(ports: &[FwPort], policy: &Policy) -> String {
     doc
 }
 
-fn forward_chain(doc: &mut String, ports: &[FwPort]) {
+fn forward_chain(doc: &mut String, ports: &[FwPort], outside: Option<&str>) {
     let _ = writeln!(doc, "-A FORWARD -j {SOURCE_CHECK_CHAIN}");
     doc.push_str("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
     for port in ports {
@@ -90,11 +96,21 @@ fn forward_chain(doc: &mut String, ports: &[FwPort]) {
             ingress_chain(&port.eni_id)
         );
     }
+    // Whatever reaches this rule from an ENI has passed that ENI's egress chain.
+    if let Some(link) = outside {
+        let _ = writeln!(
+            doc,
+            "-A FORWARD -o {link} -m comment --comment \"{OUTSIDE_COMMENT}\" -j ACCEPT"
+        );
+    }
     doc.push_str("-A FORWARD -m comment --comment \"to no eni\" -j DROP\n");
 }
 
-fn source_check(doc: &mut String, ports: &[FwPort]) {
+fn source_check(doc: &mut String, ports: &[FwPort], outside: Option<&str>) {
     let chain = SOURCE_CHECK_CHAIN;
+    if let Some(link) = outside {
+        let _ = writeln!(doc, "-A {chain} -i {link} -j RETURN");
+    }
     for port in ports {
         if port.any_source {
             let _ = writeln!(doc, "-A {chain} -i {} -j RETURN", port.link);
@@ -201,7 +217,7 @@ mod tests {
                 }],
             },
         );
-        let doc = ruleset(&ports, &policy);
+        let doc = ruleset(&ports, &policy, None);
         let lines: Vec<&str> = doc.lines().collect();
         let at = |needle: &str| {
             lines
@@ -225,6 +241,34 @@ mod tests {
             .any(|l| l.starts_with("-A in-eni-b ")));
         assert!(doc.starts_with("*filter\n") && doc.ends_with("COMMIT\n"));
         assert!(egress_chain("eni-0123456789abcdef0").len() <= 28);
+    }
+
+    #[test]
+    fn outside_link_skips_the_source_check_and_follows_egress() {
+        let ports = [port("eni-a", "va", &["10.0.0.10/32"])];
+        let without = ruleset(&ports, &Policy::default(), None);
+        assert!(!without.contains("xoutside"));
+
+        let doc = ruleset(&ports, &Policy::default(), Some("xoutside"));
+        let lines: Vec<&str> = doc.lines().collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| *l == needle)
+                .unwrap_or_else(|| panic!("{needle:?} missing in\n{doc}"))
+        };
+        let unchecked = at("-A vpcsim-srccheck -i xoutside -j RETURN");
+        let check_drop = at(
+            "-A vpcsim-srccheck -m comment --comment \"source/destination check drops\" -j DROP",
+        );
+        assert!(unchecked < check_drop);
+        let egress = at("-A FORWARD -i va -j out-eni-a");
+        let ingress = at("-A FORWARD -o va -j in-eni-a");
+        let out = at("-A FORWARD -o xoutside -m comment --comment \"to outside\" -j ACCEPT");
+        let no_eni = at("-A FORWARD -m comment --comment \"to no eni\" -j DROP");
+        assert!(egress < out && ingress < out && out + 1 == no_eni);
+        // Nothing else names the outside link: from it, packets meet the ENIs' ingress chains.
+        assert_eq!(lines.iter().filter(|l| l.contains("xoutside")).count(), 2);
     }
 
     #[test]

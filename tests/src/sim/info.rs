@@ -1,6 +1,7 @@
 //! sim.json: what a running simulator tells its users (endpoints, namespaces, instances).
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,18 @@ pub struct SimInfo {
     pub vpc_cidr: String,
     pub pid: u32,
     pub instances: Vec<InstanceInfo>,
+    /// The hosts beyond the VPC, when the scenario has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside: Option<OutsideInfo>,
+}
+
+/// The namespace that holds the scenario's outside hosts, reached through the VPC's virtual
+/// private gateway without address translation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutsideInfo {
+    pub netns: String,
+    pub addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +88,10 @@ impl SimInfo {
             vpc_cidr: vpc.cidr.to_string(),
             pid: std::process::id(),
             instances,
+            outside: fabric.outside().map(|o| OutsideInfo {
+                netns: o.netns.clone(),
+                addresses: o.addresses.clone(),
+            }),
         })
     }
 
@@ -90,5 +107,43 @@ impl SimInfo {
         file.write_all(serde_json::to_string(self)?.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&tmp, Self::path(run_dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(outside: Option<OutsideInfo>) -> SimInfo {
+        SimInfo {
+            ec2_endpoint: "http://127.0.0.1:1".into(),
+            fabric_netns: "p-fabric".into(),
+            region: "us-west-2".into(),
+            vpc_id: "vpc-1".into(),
+            vpc_cidr: "10.0.0.0/16".into(),
+            pid: 1,
+            instances: Vec::new(),
+            outside,
+        }
+    }
+
+    #[test]
+    fn outside_is_written_only_when_there_is_one() {
+        let outside = OutsideInfo {
+            netns: "p-outside".into(),
+            addresses: vec![Ipv4Addr::new(203, 0, 113, 10)],
+        };
+        let with = serde_json::to_value(info(Some(outside.clone()))).unwrap();
+        assert_eq!(
+            with["outside"],
+            serde_json::json!({"netns": "p-outside", "addresses": ["203.0.113.10"]})
+        );
+        let back: SimInfo = serde_json::from_value(with).unwrap();
+        assert_eq!(back.outside, Some(outside));
+
+        let without = serde_json::to_value(info(None)).unwrap();
+        assert!(without.get("outside").is_none());
+        let back: SimInfo = serde_json::from_value(without).unwrap();
+        assert_eq!(back.outside, None);
     }
 }

@@ -16,5 +16,5 @@ pub mod server;
 pub mod state;
 pub mod tcp;
 
-pub use info::{InstanceInfo, SimInfo};
+pub use info::{InstanceInfo, OutsideInfo, SimInfo};
 pub use server::{run, Options, SimError};

@@ -32,6 +32,14 @@ pub struct Scenario {
     /// Seeds the id generator so ENI ids and MACs repeat from run to run.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Hosts beyond the VPC, reached through a virtual private gateway (a site-to-site VPN):
+    /// the VPC routes each of these addresses out of the VPC and, as a VPN does, leaves the
+    /// source address of what it carries unchanged, so a host here sees the address a pod's
+    /// traffic really leaves the node with. Security groups and the source/destination check
+    /// apply as for any other peer. IPv4 host addresses outside the VPC CIDR, e.g.
+    /// `"outside": ["203.0.113.10"]`; empty (the default) means no network outside.
+    #[serde(default)]
+    pub outside: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,7 +157,36 @@ impl Scenario {
         unique("instance", self.instances.iter().map(|i| &i.id))?;
         self.instances
             .iter()
-            .try_for_each(|i| self.validate_instance(i))
+            .try_for_each(|i| self.validate_instance(i))?;
+        self.validate_outside()
+    }
+
+    fn validate_outside(&self) -> Result<(), ScenarioError> {
+        let mut seen = BTreeSet::new();
+        for addr in &self.outside {
+            if self.vpc.cidr.contains(addr) {
+                return invalid(format!(
+                    "outside address {addr} is inside vpc {}",
+                    self.vpc.cidr
+                ));
+            }
+            // Each address becomes a /32 route in the fabric and an address in the outside
+            // namespace: only a unicast host address makes sense there.
+            let special = addr.is_unspecified()
+                || addr.is_loopback()
+                || addr.is_link_local()
+                || addr.is_multicast()
+                || addr.is_broadcast();
+            if special {
+                return invalid(format!(
+                    "outside address {addr} is not a unicast host address"
+                ));
+            }
+            if !seen.insert(addr) {
+                return invalid(format!("outside address {addr} appears twice"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_subnets(&self) -> Result<(), ScenarioError> {
@@ -339,6 +376,38 @@ mod tests {
         v["securityGroups"][0]["egress"] = serde_json::json!([]);
         let scenario: Scenario = serde_json::from_value(v).unwrap();
         assert!(scenario.security_groups[0].egress_rules().is_empty());
+    }
+
+    #[test]
+    fn outside_hosts_are_unique_and_beyond_the_vpc() {
+        let scenario: Scenario = serde_json::from_value(base()).unwrap();
+        assert!(scenario.outside.is_empty());
+
+        let mut v = base();
+        v["outside"] = serde_json::json!(["203.0.113.10", "198.51.100.7"]);
+        check(v.clone()).unwrap();
+        let scenario: Scenario = serde_json::from_value(v).unwrap();
+        assert_eq!(scenario.outside[1], Ipv4Addr::new(198, 51, 100, 7));
+
+        let refused = |outside: serde_json::Value| {
+            let mut v = base();
+            v["outside"] = outside;
+            check(v).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused(serde_json::json!(["10.0.200.1"])),
+            "invalid scenario: outside address 10.0.200.1 is inside vpc 10.0.0.0/16"
+        );
+        assert_eq!(
+            refused(serde_json::json!(["203.0.113.10", "203.0.113.10"])),
+            "invalid scenario: outside address 203.0.113.10 appears twice"
+        );
+        assert!(refused(serde_json::json!(["127.0.0.1"])).contains("not a unicast host"));
+        assert!(refused(serde_json::json!(["224.0.0.5"])).contains("not a unicast host"));
+
+        let mut v = base();
+        v["outside"] = serde_json::json!(["203.0.113.0/24"]);
+        assert!(serde_json::from_value::<Scenario>(v).is_err());
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn run(opts: Options) -> Result<(), SimError> {
         let _enter = runtime.enter();
         Signals::new()?
     };
-    let mut fabric = Fabric::new(&opts.netns_prefix, &vpc);
+    let mut fabric = Fabric::new(&opts.netns_prefix, &vpc, &scenario.outside);
     fabric.build(&vpc)?;
     let listeners = bind_all(&fabric, &vpc)?;
     let ec2_port = listeners
