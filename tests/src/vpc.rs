@@ -17,6 +17,16 @@ pub struct SimInfo {
     pub ec2_endpoint: String,
     pub fabric_netns: String,
     pub instances: Vec<Instance>,
+    /// Hosts beyond the VPC, reached without address translation, when the scenario has any.
+    #[serde(default)]
+    pub outside: Option<Outside>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outside {
+    pub netns: String,
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

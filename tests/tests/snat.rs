@@ -1,0 +1,150 @@
+//! Source NAT of pods' traffic, on the wire: the simulated VPC's outside host and database
+//! report the source address each connection arrived with. Pods on the primary ENI and on a
+//! secondary ENI, with aws-node's defaults, with AWS_VPC_K8S_CNI_EXTERNALSNAT and with
+//! AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS. Needs root (namespaces, iptables); fails without it.
+//! Branch pods of both enforcing modes are covered by the database scenario (sgp_database_uml).
+
+use std::net::IpAddr;
+
+use harness::netns::{require_root, tcp_source, TcpService};
+use harness::node::{result_ip, Node, PodNs};
+
+const OUTSIDE_PORT: u16 = 443;
+const DB_PORT: u16 = 5432;
+/// Most pods to add before both kinds of ENI hold one (m5.large: 9 addresses per ENI).
+const MAX_PODS: usize = 12;
+
+struct Placed {
+    pod: PodNs,
+    ip: IpAddr,
+    secondary: bool,
+}
+
+/// Adds pods until one has an address of the primary ENI and one of a secondary ENI.
+fn pods_on_both_kinds_of_eni(node: &Node) -> Vec<Placed> {
+    let mut placed: Vec<Placed> = Vec::new();
+    for i in 0..MAX_PODS {
+        let pod = node
+            .pod(&format!("snat{i}"), &format!("c-snat-{i}"))
+            .unwrap();
+        let ip = result_ip(&node.add(&pod.pod));
+        let secondary = node.rules_for(&ip).iter().any(|r| r["priority"] == 1536);
+        placed.push(Placed {
+            pod,
+            ip: ip.parse().unwrap(),
+            secondary,
+        });
+        if placed.iter().any(|p| p.secondary) && placed.iter().any(|p| !p.secondary) {
+            return placed;
+        }
+    }
+    panic!("no primary and secondary ENI addresses after {MAX_PODS} pods");
+}
+
+/// The two pods of interest: the first on the primary ENI and the first on a secondary.
+fn one_of_each(placed: &[Placed]) -> [&Placed; 2] {
+    let primary = placed.iter().find(|p| !p.secondary).unwrap();
+    let secondary = placed.iter().find(|p| p.secondary).unwrap();
+    [primary, secondary]
+}
+
+fn eni_kind(p: &Placed) -> &'static str {
+    if p.secondary {
+        "secondary"
+    } else {
+        "primary"
+    }
+}
+
+/// The source address the outside host saw from each pod, next to what `want` says it
+/// should be; the list of mismatches.
+fn outside_mismatches(
+    node: &Node,
+    placed: &[Placed],
+    want: impl Fn(&Placed) -> IpAddr,
+) -> Vec<String> {
+    let outside = node
+        .vpc
+        .info
+        .outside
+        .as_ref()
+        .expect("the demo VPC has an outside host");
+    let host = outside.addresses[0].clone();
+    let _service = TcpService::start(&outside.netns, OUTSIDE_PORT).unwrap();
+    one_of_each(placed)
+        .into_iter()
+        .filter_map(|p| {
+            let seen = tcp_source(&p.pod.ns.name, &host, OUTSIDE_PORT);
+            let expected = want(p);
+            (seen != Some(expected)).then(|| {
+                format!(
+                    "pod {} on the {} ENI reached {host} from {seen:?}, not {expected}",
+                    p.ip,
+                    eni_kind(p)
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn pods_leave_the_vpc_with_the_node_address_and_keep_their_own_inside() {
+    require_root();
+    let node = Node::start(&[]).unwrap();
+    let node_ip: IpAddr = node.instance.primary_ip.parse().unwrap();
+    let placed = pods_on_both_kinds_of_eni(&node);
+    let wrong = outside_mismatches(&node, &placed, |_| node_ip);
+    assert!(
+        wrong.is_empty(),
+        "{wrong:#?}\nipamd log:\n{}",
+        node.ipamd.log_tail(20)
+    );
+
+    let db = node
+        .vpc
+        .info
+        .instances
+        .iter()
+        .find(|i| i.role == "host")
+        .unwrap();
+    let _db = TcpService::start(&db.netns, DB_PORT).unwrap();
+    for p in one_of_each(&placed) {
+        let seen = tcp_source(&p.pod.ns.name, &db.primary_ip, DB_PORT);
+        assert_eq!(
+            seen,
+            Some(p.ip),
+            "pod on the {} ENI reached the database in the VPC",
+            eni_kind(p)
+        );
+    }
+}
+
+#[test]
+fn external_snat_leaves_the_pod_address_to_the_vpc() {
+    require_root();
+    let node = Node::start(&[("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")]).unwrap();
+    let placed = pods_on_both_kinds_of_eni(&node);
+    let wrong = outside_mismatches(&node, &placed, |p| p.ip);
+    assert!(
+        wrong.is_empty(),
+        "{wrong:#?}\nipamd log:\n{}",
+        node.ipamd.log_tail(20)
+    );
+}
+
+#[test]
+fn excluded_cidrs_keep_the_pod_address() {
+    require_root();
+    let node = Node::start(&[(
+        "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+        "192.0.2.0/24, 203.0.113.0/24",
+    )])
+    .unwrap();
+    let placed = pods_on_both_kinds_of_eni(&node);
+    let wrong = outside_mismatches(&node, &placed, |p| p.ip);
+    assert!(
+        wrong.is_empty(),
+        "{wrong:#?}\nipamd log:\n{}",
+        node.ipamd.log_tail(20)
+    );
+}
