@@ -12,6 +12,7 @@ pub mod loopback;
 pub mod netns;
 pub mod node;
 pub mod plugin;
+pub mod probe;
 pub mod process;
 pub mod rpc;
 pub mod sgp_scenario;

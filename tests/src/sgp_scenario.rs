@@ -4,10 +4,19 @@
 //! without the label is refused. Runs in strict and in standard mode, and checks that DEL
 //! leaves no VLAN link, rule or route table behind.
 //!
+//! Around it, what differs between the modes on the wire: the source address of each pod's
+//! traffic out of the VPC (strict never translates a branch pod's address; standard gives it
+//! the node's address like any pod), kubelet-like probes from the node to the branch pod with
+//! TCP early demux off, and link-local traffic between the pod and the node (only standard
+//! mode carries it; strict mode sends everything through the branch ENI, where link-local
+//! addresses do not route).
+//!
 //! It needs 802.1Q, so it runs inside a User-mode Linux guest (tests/tests/sgp_database_uml.rs
 //! boots it there) with etcd and kube-apiserver in the same guest.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -18,14 +27,25 @@ use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 
 use crate::kube::ApiServer;
-use crate::netns::{ip_json, tcp_reaches, TcpService};
-use crate::node::{result_ip, Node};
+use crate::netns::{exec_in_ok, ip_json, tcp_reaches, tcp_source, TcpService};
+use crate::node::{result_ip, Node, PodNs};
 use crate::plugin::{self, Pod as CniPod};
+use crate::probe::{probe_many, reaches_from};
 use crate::process::wait_for;
 
 pub const NAMESPACE: &str = "shop";
 pub const NODE_NAME: &str = "node-1";
 const DB_PORT: u16 = 3306;
+/// Where the catalog pod answers the kubelet's probes.
+const PROBE_PORT: u16 = 8080;
+/// How many probe connections the node opens to the branch pod in a row.
+const PROBES: usize = 2000;
+const OUTSIDE_PORT: u16 = 443;
+/// A node-local agent on a link-local address, as EKS Pod Identity's is.
+const AGENT: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 23);
+const AGENT_PORT: u16 = 80;
+/// A link-local source on the node, as a mesh's probe rewriting uses.
+const LINK_LOCAL_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 1);
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -171,12 +191,161 @@ pub async fn round(
         refused,
     );
 
+    let pods = Pods {
+        catalog: &catalog_ns,
+        catalog_ip: result_ip(&added).parse()?,
+        web: &web_ns,
+    };
+    let _probed = TcpService::start(&catalog_ns.ns.name, PROBE_PORT)?;
+    source_addresses(node, mode, &pods, db.primary_ip.parse()?, checks)?;
+    probes(node, mode, &pods, checks)?;
+    link_local(node, mode, &pods, checks)?;
+
     for (pod, result) in [(&catalog_pod, &added), (&web_pod, &web_added.json())] {
         let out = node.cni_prev("DEL", pod, result)?;
         checks.check(format!("{mode}: DEL {} succeeds", pod.name), out.ok());
     }
     drop((catalog_ns, web_ns));
     nothing_left(node, mode, vlan, checks)
+}
+
+/// The round's two pods: the catalog pod on its branch ENI and the web pod on the node's.
+struct Pods<'a> {
+    catalog: &'a PodNs,
+    catalog_ip: Ipv4Addr,
+    web: &'a PodNs,
+}
+
+/// The node's init container: `ipamd init` with DISABLE_TCP_EARLY_DEMUX=true in the node's
+/// namespace. The check reads the sysctl back rather than trusting the variable.
+pub fn init_node(node: &Node, mode: &str, checks: &mut Checks) -> anyhow::Result<()> {
+    let bin_dir = tempfile::tempdir()?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", node.netns()])
+        .arg(crate::bins::path("ipamd"))
+        .arg("init")
+        .env("HOST_CNI_BIN_PATH", bin_dir.path())
+        .env("VPC_CNI_PLUGIN_BINARY", crate::bins::path("vpc-cni"))
+        .env("DISABLE_TCP_EARLY_DEMUX", "true")
+        .env("AWS_VPC_K8S_CNI_LOG_FILE", "stderr")
+        .output()?;
+    if !out.status.success() {
+        bail!("ipamd init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let demux = exec_in_ok(node.netns(), &["cat", "/proc/sys/net/ipv4/tcp_early_demux"])?;
+    checks.check(
+        format!(
+            "{mode}: ipamd init turned TCP early demux off ({})",
+            demux.trim()
+        ),
+        demux.trim() == "0",
+    );
+    Ok(())
+}
+
+/// The source address each pod's connections carry on the wire: to the database in the VPC
+/// always the pod's own; out of the VPC, a strict-mode branch pod keeps its own (it leaves
+/// through its VLAN, which is never translated) and every other pod takes the node's.
+fn source_addresses(
+    node: &Node,
+    mode: &str,
+    pods: &Pods,
+    db: Ipv4Addr,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let outside = node
+        .vpc
+        .info
+        .outside
+        .as_ref()
+        .context("the scenario has no outside host")?;
+    let host: Ipv4Addr = outside
+        .addresses
+        .first()
+        .context("no outside address")?
+        .parse()?;
+    let _service = TcpService::start(&outside.netns, OUTSIDE_PORT)?;
+    let node_ip: Ipv4Addr = node.instance.primary_ip.parse()?;
+    let seen =
+        |pod: &PodNs, addr: Ipv4Addr, port: u16| tcp_source(&pod.ns.name, &addr.to_string(), port);
+    let catalog_out = if mode == "strict" {
+        pods.catalog_ip
+    } else {
+        node_ip
+    };
+    let cases = [
+        (
+            "catalog pod to the database",
+            seen(pods.catalog, db, DB_PORT),
+            pods.catalog_ip,
+        ),
+        (
+            "catalog pod out of the VPC",
+            seen(pods.catalog, host, OUTSIDE_PORT),
+            catalog_out,
+        ),
+        (
+            "web pod out of the VPC",
+            seen(pods.web, host, OUTSIDE_PORT),
+            node_ip,
+        ),
+    ];
+    for (what, got, want) in cases {
+        checks.check(
+            format!("{mode}: {what} arrives from {want} ({got:?})"),
+            got == Some(IpAddr::V4(want)),
+        );
+    }
+    Ok(())
+}
+
+/// The kubelet's probes of a strict-mode pod cross the VPC and come back through the branch
+/// ENI; with TCP early demux off every one of a long run must be answered.
+fn probes(node: &Node, mode: &str, pods: &Pods, checks: &mut Checks) -> anyhow::Result<()> {
+    let target = SocketAddr::from((pods.catalog_ip, PROBE_PORT));
+    let done = probe_many(node.netns(), target, PROBES, Duration::from_secs(2), 20)?;
+    checks.check(
+        format!(
+            "{mode}: {} of {PROBES} probes from the node to the catalog pod answered",
+            done.sent - done.failed
+        ),
+        done == crate::probe::Probes {
+            sent: PROBES,
+            failed: 0,
+        },
+    );
+    Ok(())
+}
+
+/// Link-local traffic between the branch pod and the node: a node-local agent on
+/// 169.254.170.23 and a connection to the pod from 169.254.7.1. Standard mode delivers both
+/// on the node. Strict mode sends all of the pod's traffic through its branch ENI into the
+/// VPC, where link-local addresses do not route, so both fail (ipamd says so at start-up).
+fn link_local(node: &Node, mode: &str, pods: &Pods, checks: &mut Checks) -> anyhow::Result<()> {
+    for addr in [AGENT, LINK_LOCAL_SOURCE] {
+        exec_in_ok(
+            node.netns(),
+            &["ip", "addr", "add", &format!("{addr}/32"), "dev", "lo"],
+        )?;
+    }
+    let _agent = TcpService::start(node.netns(), AGENT_PORT)?;
+    let want = mode == "standard";
+    let to_agent = tcp_reaches(&pods.catalog.ns.name, &AGENT.to_string(), AGENT_PORT);
+    let pod = SocketAddrV4::new(pods.catalog_ip, PROBE_PORT);
+    let from_link_local =
+        reaches_from(node.netns(), LINK_LOCAL_SOURCE, pod, Duration::from_secs(2));
+    let verb = if want { "reaches" } else { "cannot reach" };
+    checks.check(
+        format!("{mode}: the catalog pod {verb} the agent on {AGENT} ({to_agent})"),
+        to_agent == want,
+    );
+    checks.check(
+        format!(
+            "{mode}: the node from {LINK_LOCAL_SOURCE} {verb} the catalog pod ({from_link_local})"
+        ),
+        from_link_local == want,
+    );
+    Ok(())
 }
 
 /// ADD of a pod whose policy's group set has a warm branch: it must change nothing in EC2,

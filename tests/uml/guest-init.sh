@@ -29,7 +29,7 @@ for m in net/8021q/8021q drivers/net/veth net/ipv4/netfilter/iptable_filter \
 	net/ipv4/netfilter/iptable_nat net/ipv4/netfilter/iptable_mangle net/ipv4/netfilter/ipt_REJECT \
 	net/netfilter/xt_conntrack net/netfilter/xt_mark net/netfilter/xt_connmark \
 	net/netfilter/xt_comment net/netfilter/xt_addrtype net/netfilter/xt_MASQUERADE \
-	net/netfilter/xt_multiport net/netfilter/xt_tcpudp net/netfilter/xt_iprange; do
+	net/netfilter/xt_multiport net/netfilter/xt_tcpudp net/netfilter/xt_iprange net/netfilter/xt_nat; do
 	[ -f "$mods/kernel/$m.ko" ] && load "kernel/$m.ko"
 done
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use harness::kube::ApiServer;
 use harness::netns::require_root;
 use harness::node::Node;
-use harness::sgp_scenario::{kube_objects, round, Checks, NODE_NAME};
+use harness::sgp_scenario::{init_node, kube_objects, round, Checks, NODE_NAME};
 
 fn main() -> ExitCode {
     require_root();
@@ -49,6 +49,7 @@ async fn run() -> anyhow::Result<Checks> {
         ];
         // ipamd reaches the API server through a relay into the node's namespace.
         let node = tokio::task::block_in_place(|| Node::start_with_kube(&scenario, &env, &api))?;
+        init_node(&node, mode, &mut checks)?;
         let result = round(&node, &client, mode, &mut checks).await;
         if let Err(e) = &result {
             println!("ipamd log:\n{}", node.ipamd.log_tail(40));
