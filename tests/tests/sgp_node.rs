@@ -123,14 +123,25 @@ fn start_node(api: &ApiServer, instance_type: &str) -> Node {
 
 /// The node with ENABLE_POD_ENI; `faults` are injected into vpc-sim before ipamd starts.
 fn start_node_with_faults(api: &ApiServer, instance_type: &str, faults: &[Value]) -> Node {
+    start_node_with(api, instance_type, faults, &[])
+}
+
+/// As [`start_node_with_faults`], with more environment for ipamd.
+fn start_node_with(
+    api: &ApiServer,
+    instance_type: &str,
+    faults: &[Value],
+    more_env: &[(&str, &str)],
+) -> Node {
     let cooldown = COOLDOWN_S.to_string();
-    let env = [
+    let mut env = vec![
         ("ENABLE_POD_ENI", "true"),
         ("MY_NODE_NAME", NODE),
         ("POD_SECURITY_GROUP_ENFORCING_MODE", "strict"),
         ("WARM_BRANCH_ENI_TARGET", "1"),
         ("VPC_CNI_BRANCH_COOLDOWN_SECONDS", cooldown.as_str()),
     ];
+    env.extend_from_slice(more_env);
     let inject = |vpc: &harness::vpc::Vpc| faults.iter().try_for_each(|f| vpc.inject_fault(f));
     blocking(|| Node::start_with_kube_prepared(&scenario(instance_type), &env, api, inject))
         .unwrap_or_else(|e| panic!("start the node: {e:#}"))
@@ -678,5 +689,69 @@ async fn failing_trunk_creation_gives_its_eni_slot_back() {
         calls["CreateNetworkInterface"].as_u64().map(|n| n >= 4),
         Some(true),
         "{calls}"
+    );
+}
+
+/// A branch whose association failed and whose deletion failed too is left on no trunk; the
+/// periodic sweep finds it twice and deletes it, and leaves the pool's branches alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_left_on_no_trunk_is_swept_away() {
+    let (api, _client) = cluster().await;
+    let faults = [
+        json!({"action": "AssociateTrunkInterface", "error": "InvalidParameterValue",
+               "message": "association refused"}),
+        json!({"action": "DeleteNetworkInterface", "error": "UnauthorizedOperation",
+               "message": "not authorized to delete"}),
+    ];
+    let node = start_node_with(
+        &api,
+        "m5.large",
+        &faults,
+        &[("VPC_CNI_BRANCH_SWEEP_SECONDS", "2")],
+    );
+    let left_over = |state: &Value| -> Vec<String> {
+        let associated = state["trunkAssociations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["branchInterfaceId"].clone())
+            .collect::<Vec<_>>();
+        state["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["description"] == "aws-k8s-branch-eni" && !associated.contains(&e["id"]))
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let leaked = eventually(|| async {
+        let l = left_over(&sim_state(&node));
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(leaked.len(), 1, "{leaked:?}");
+    eventually(|| async { left_over(&sim_state(&node)).is_empty().then_some(()) }).await;
+    let doc = wait_branches(&node, "warm branches after the sweep", 30, |d| {
+        (!branch_list(d).is_empty()).then(|| d.clone())
+    });
+    let state = sim_state(&node);
+    let trunk = doc["trunk"]["ID"].as_str().unwrap();
+    for b in branch_list(&doc) {
+        let eni = b["eniId"].as_str().unwrap();
+        assert!(
+            sim_eni(&state, eni).is_some(),
+            "pool branch {eni} was deleted"
+        );
+        assert!(
+            associations(&state, trunk).contains_key(eni),
+            "{eni} not on the trunk"
+        );
+    }
+    assert!(
+        node.ipamd
+            .log_tail(400)
+            .contains("leaked branch eni deleted"),
+        "{}",
+        node.ipamd.log_tail(40)
     );
 }

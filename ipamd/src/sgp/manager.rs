@@ -2,7 +2,7 @@
 //! lets released branches out of their cooldown, releases branches whose pod is gone, and
 //! keeps WARM_BRANCH_ENI_TARGET warm branches for each group set the node is likely to need.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -61,6 +61,9 @@ pub struct BranchManager {
     last_reconcile: Instant,
     /// Disassociated branches EC2 has not deleted yet.
     strays: Vec<String>,
+    next_sweep: Instant,
+    /// Branch ENIs of this node that the last sweep found on no trunk.
+    leak_suspects: BTreeSet<String>,
     failures: u32,
     paused_until: Option<Instant>,
 }
@@ -68,6 +71,7 @@ pub struct BranchManager {
 impl BranchManager {
     pub fn new(node: Arc<Node>, pe: Arc<PodEni>) -> Self {
         let now = Instant::now();
+        let next_sweep = now + node.config.pod_eni.branch_sweep;
         BranchManager {
             node,
             pe,
@@ -78,6 +82,8 @@ impl BranchManager {
             suspects: BTreeMap::new(),
             last_reconcile: now,
             strays: Vec::new(),
+            next_sweep,
+            leak_suspects: BTreeSet::new(),
             failures: 0,
             paused_until: None,
         }
@@ -119,6 +125,10 @@ impl BranchManager {
             return;
         }
         self.delete_strays().await;
+        if Instant::now() >= self.next_sweep {
+            self.next_sweep = Instant::now() + self.node.config.pod_eni.branch_sweep;
+            self.sweep_leaks(&trunk).await;
+        }
         // A trunk on a type without a known branch limit still serves the branches it has.
         if self.pe.refill_wait().is_some() || !self.pe.supported() {
             return;
@@ -301,6 +311,47 @@ impl BranchManager {
             }
         }
         self.strays = left;
+    }
+
+    /// Deletes this node's branch ENIs that are neither in the pool nor on the trunk, once
+    /// two sweeps in a row found them: a creation whose association and clean-up both failed
+    /// leaves one behind. The second sighting, a sweep interval later, keeps a creation that
+    /// is still under way out of it.
+    async fn sweep_leaks(&mut self, trunk: &Trunk) {
+        let ec2 = &self.pe.ec2;
+        let instance = &self.node.identity.instance_id;
+        let found = tokio::try_join!(
+            ec2.enis_tagged(crate::ec2::TAG_INSTANCE_ID, instance),
+            ec2.trunk_associations(&trunk.eni_id),
+        );
+        let (tagged, associations) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for leaked branch enis");
+                return;
+            }
+        };
+        let pool = self.pe.pool();
+        let now: BTreeSet<String> = super::restore::unassociated_branches(&tagged, &associations)
+            .into_iter()
+            .filter(|id| pool.get(id).is_none())
+            .collect();
+        let mut left = BTreeSet::new();
+        for eni in now {
+            if !self.leak_suspects.contains(&eni) {
+                tracing::info!(eni = %eni, "branch eni on no trunk, deleting it if still so next sweep");
+                left.insert(eni);
+                continue;
+            }
+            match ec2.delete_eni(&eni).await {
+                Ok(()) => tracing::warn!(eni = %eni, "leaked branch eni deleted"),
+                Err(e) => {
+                    tracing::warn!(eni = %eni, error = %e, "could not delete a leaked branch eni");
+                    left.insert(eni);
+                }
+            }
+        }
+        self.leak_suspects = left;
     }
 
     async fn refill(&mut self, trunk: &Trunk) -> Result<(), BranchManagerError> {

@@ -66,18 +66,7 @@ pub fn rebuild(found: &Found) -> Rebuilt {
             }
         }
     }
-    let associated: Vec<&str> = found
-        .associations
-        .iter()
-        .map(|a| a.branch_eni.as_str())
-        .collect();
-    let to_delete = found
-        .tagged
-        .iter()
-        .filter(|e| e.description == BRANCH_DESCRIPTION && e.attachment.is_none())
-        .filter(|e| !associated.contains(&e.id.as_str()))
-        .map(|e| e.id.clone())
-        .collect();
+    let to_delete = unassociated_branches(found.tagged, found.associations);
     let dropped = found
         .records
         .iter()
@@ -90,6 +79,21 @@ pub fn rebuild(found: &Found) -> Rebuilt {
         dropped,
         foreign,
     }
+}
+
+/// The branch ENIs among `tagged` (this node's ENIs) that are neither attached nor on the
+/// trunk: creations whose association failed and whose deletion failed too.
+pub fn unassociated_branches(
+    tagged: &[EniDescription],
+    associations: &[TrunkAssociation],
+) -> Vec<String> {
+    let associated: Vec<&str> = associations.iter().map(|a| a.branch_eni.as_str()).collect();
+    tagged
+        .iter()
+        .filter(|e| e.description == BRANCH_DESCRIPTION && e.attachment.is_none())
+        .filter(|e| !associated.contains(&e.id.as_str()))
+        .map(|e| e.id.clone())
+        .collect()
 }
 
 /// A branch with the state its checkpoint entry gives it (warm without one). The VLAN id and
