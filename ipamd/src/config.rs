@@ -38,7 +38,7 @@ pub const ENI_MIN_AGE_SECONDS: &str = "VPC_CNI_ENI_MIN_AGE_SECONDS";
 pub const POOL_INTERVAL_MS: &str = "VPC_CNI_POOL_INTERVAL_MS";
 pub const POD_SECURITY_GROUP_ENFORCING_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
 pub const BRANCH_COOLDOWN_SECONDS: &str = "VPC_CNI_BRANCH_COOLDOWN_SECONDS";
-pub const BRANCH_SWEEP_SECONDS: &str = "VPC_CNI_BRANCH_SWEEP_SECONDS";
+pub const LEAK_SWEEP_SECONDS: &str = "VPC_CNI_LEAK_SWEEP_SECONDS";
 
 /// Every variable [`Config::from_lookup`] reads; compared with the DaemonSet manifest in tests.
 pub const ENV_VARS: &[&str] = &[
@@ -70,7 +70,7 @@ pub const ENV_VARS: &[&str] = &[
     MY_NODE_NAME,
     KUBECONFIG,
     BRANCH_COOLDOWN_SECONDS,
-    BRANCH_SWEEP_SECONDS,
+    LEAK_SWEEP_SECONDS,
 ];
 
 /// Variables ipamd does not parse itself but the AWS SDK reads on its behalf.
@@ -156,6 +156,8 @@ pub struct Config {
     pub socket_path: PathBuf,
     pub eni_min_age: Duration,
     pub pool_interval: Duration,
+    /// How often EC2 is searched for ENIs of this node that nothing uses (see `sweep`).
+    pub leak_sweep: Duration,
     pub pod_eni: PodEniConfig,
 }
 
@@ -172,9 +174,6 @@ pub struct PodEniConfig {
     /// How long a released branch ENI waits before another pod may have it, so peers' ARP
     /// caches (60 s in Linux' default gc_stale_time) forget the old pod first.
     pub branch_cooldown: Duration,
-    /// How often EC2 is searched for branch ENIs of this node that are on no trunk (a
-    /// creation whose clean-up failed); one is deleted when two searches in a row find it.
-    pub branch_sweep: Duration,
 }
 
 impl Config {
@@ -218,6 +217,7 @@ impl Config {
                 .into(),
             eni_min_age: Duration::from_secs(env.count(ENI_MIN_AGE_SECONDS, 60)?.into()),
             pool_interval: env.pool_interval()?,
+            leak_sweep: Duration::from_secs(env.leak_sweep_seconds()?.into()),
             pod_eni: env.pod_eni()?,
         };
         config.validate()?;
@@ -290,10 +290,7 @@ impl Config {
                 BRANCH_COOLDOWN_SECONDS,
                 self.pod_eni.branch_cooldown.as_secs().to_string(),
             ),
-            (
-                BRANCH_SWEEP_SECONDS,
-                self.pod_eni.branch_sweep.as_secs().to_string(),
-            ),
+            (LEAK_SWEEP_SECONDS, self.leak_sweep.as_secs().to_string()),
         ])
     }
 }
@@ -475,15 +472,14 @@ impl Env<'_> {
             node_name: self.get(MY_NODE_NAME),
             kubeconfig: self.get(KUBECONFIG).map(PathBuf::from),
             branch_cooldown: Duration::from_secs(self.count(BRANCH_COOLDOWN_SECONDS, 60)?.into()),
-            branch_sweep: Duration::from_secs(self.branch_sweep_seconds()?.into()),
         })
     }
 
-    fn branch_sweep_seconds(&self) -> Result<u32, ConfigError> {
-        let secs = self.count(BRANCH_SWEEP_SECONDS, 600)?;
+    fn leak_sweep_seconds(&self) -> Result<u32, ConfigError> {
+        let secs = self.count(LEAK_SWEEP_SECONDS, 600)?;
         if secs == 0 {
             return Err(ConfigError::OutOfRange {
-                name: BRANCH_SWEEP_SECONDS,
+                name: LEAK_SWEEP_SECONDS,
                 value: 0,
                 why: "must be at least 1",
             });
@@ -560,7 +556,7 @@ mod tests {
         assert_eq!(c.pod_eni.enforcing_mode, SgEnforcingMode::Strict);
         assert_eq!(c.pod_eni.warm_branch_target, 1);
         assert_eq!(c.pod_eni.branch_cooldown, Duration::from_secs(60));
-        assert_eq!(c.pod_eni.branch_sweep, Duration::from_secs(600));
+        assert_eq!(c.leak_sweep, Duration::from_secs(600));
         assert_eq!((c.pod_eni.node_name, c.pod_eni.kubeconfig), (None, None));
     }
 
@@ -628,7 +624,7 @@ mod tests {
             (POD_SECURITY_GROUP_ENFORCING_MODE, "loose"),
             (WARM_BRANCH_ENI_TARGET, "-1"),
             (BRANCH_COOLDOWN_SECONDS, "soon"),
-            (BRANCH_SWEEP_SECONDS, "0"),
+            (LEAK_SWEEP_SECONDS, "0"),
             (ENABLE_POD_ENI, "yes"),
         ] {
             let err = parse(&[(name, value)]).expect_err(name).to_string();

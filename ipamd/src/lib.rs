@@ -23,6 +23,7 @@ pub mod probe;
 pub mod restore;
 pub mod rpc;
 pub mod sgp;
+pub mod sweep;
 
 /// An error with its causes as one line, `outer: inner: root`.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

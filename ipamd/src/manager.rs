@@ -13,6 +13,7 @@ use crate::ec2::{self, AddressRequest, Ec2, Ec2Error, NewEni};
 use crate::host::{Host, HostError};
 use crate::node::Node;
 use crate::pool;
+use crate::sweep::{self, LeakSweep};
 
 /// aws-node gives addresses back at most this often, so churn does not turn into a cycle of
 /// assign and unassign calls.
@@ -58,10 +59,12 @@ pub struct Manager {
     paused_until: Option<Instant>,
     failures: u32,
     last_orphan_check: Instant,
+    leaks: LeakSweep,
 }
 
 impl Manager {
     pub fn new(node: Arc<Node>, ec2: Ec2, host: Arc<Host>) -> Self {
+        let leaks = LeakSweep::new(node.config.leak_sweep);
         Manager {
             node,
             ec2,
@@ -71,6 +74,7 @@ impl Manager {
             paused_until: None,
             failures: 0,
             last_orphan_check: Instant::now(),
+            leaks,
         }
     }
 
@@ -94,6 +98,9 @@ impl Manager {
         if self.last_orphan_check.elapsed() >= ORPHAN_CHECK_INTERVAL {
             self.last_orphan_check = Instant::now();
             self.reclaim_orphans().await;
+        }
+        if self.leaks.due() {
+            self.sweep_leaks().await;
         }
         for _ in 0..MAX_STEPS_PER_ROUND {
             if self.node.is_terminating() {
@@ -133,6 +140,30 @@ impl Manager {
             return self.shrink(pool::excess(t, &stats)).await;
         }
         self.free_idle_eni(&stats, &usage).await
+    }
+
+    /// Deletes this node's address ENIs that are attached nowhere once two sweeps in a row
+    /// found them: one whose attach and clean-up both failed, or one detached and not deleted.
+    async fn sweep_leaks(&mut self) {
+        let instance = &self.node.identity.instance_id;
+        let tagged = match self.ec2.enis_tagged(ec2::TAG_INSTANCE_ID, instance).await {
+            Ok(tagged) => tagged,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for leaked enis");
+                self.leaks.skipped();
+                return;
+            }
+        };
+        let unused = sweep::unattached(&tagged, &ec2::eni_description(instance));
+        for eni in self.leaks.confirm(unused) {
+            match self.ec2.delete_eni(&eni).await {
+                Ok(()) => tracing::warn!(eni = %eni, "leaked eni deleted"),
+                Err(e) => {
+                    tracing::warn!(eni = %eni, error = %e, "could not delete a leaked eni");
+                    self.leaks.retry(eni);
+                }
+            }
+        }
     }
 
     /// Allocations rebuilt from a host veth have no CNI key a DEL or GC could name; once

@@ -426,3 +426,57 @@ fn del_with_another_pods_result_touches_nothing() {
     assert!(!node.rules_for(&ip).is_empty(), "the victim lost its rules");
     assert!(node.ipamd.assigned_ips().unwrap().contains(&ip));
 }
+
+/// ENIs of this node in EC2 that are attached nowhere.
+fn unattached_enis(node: &Node) -> Vec<String> {
+    let state = node.vpc.state().unwrap();
+    let description = format!("aws-K8S-{}", node.instance.id);
+    state["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["description"] == description.as_str() && e["attachment"].is_null())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// An ENI whose attach failed and whose clean-up failed too stays in EC2 with the node's
+/// tags, costing a subnet address forever; the periodic sweep deletes it on its second
+/// sighting and leaves the node's attached ENIs alone.
+#[test]
+fn an_eni_left_unattached_is_swept_away() {
+    require_root();
+    let node = Node::start(&[("VPC_CNI_LEAK_SWEEP_SECONDS", "2")]).unwrap();
+    let enis_before = node.ipamd.eni_ids().unwrap();
+    for fault in [
+        serde_json::json!({"action": "AttachNetworkInterface", "error": "InvalidParameterValue",
+                           "message": "attach refused"}),
+        serde_json::json!({"action": "DeleteNetworkInterface", "error": "UnauthorizedOperation",
+                           "message": "not authorized to delete"}),
+    ] {
+        node.vpc.inject_fault(&fault).unwrap();
+    }
+    // One pod makes the pool short of a whole ENI's worth of free addresses, so ipamd grows.
+    let p = node.pod("leak", "c-leak").unwrap();
+    node.add(&p.pod);
+    let leaked = harness::process::wait_for(
+        "an ENI left unattached by the failed attach",
+        Duration::from_secs(20),
+        || {
+            let left = unattached_enis(&node);
+            (!left.is_empty()).then_some(left)
+        },
+    )
+    .unwrap();
+    assert_eq!(leaked.len(), 1, "{leaked:?}");
+    harness::process::wait_for("the sweep to delete it", Duration::from_secs(30), || {
+        unattached_enis(&node).is_empty().then_some(())
+    })
+    .unwrap();
+    let log = node.ipamd.log_tail(400);
+    assert!(log.contains("leaked eni deleted"), "{log}");
+    let attached = node.vpc.attached_eni_ids(&node.instance.id).unwrap();
+    for eni in &enis_before {
+        assert!(attached.contains(eni), "{eni} was detached: {attached:?}");
+    }
+}

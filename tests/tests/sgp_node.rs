@@ -707,7 +707,7 @@ async fn a_branch_left_on_no_trunk_is_swept_away() {
         &api,
         "m5.large",
         &faults,
-        &[("VPC_CNI_BRANCH_SWEEP_SECONDS", "2")],
+        &[("VPC_CNI_LEAK_SWEEP_SECONDS", "2")],
     );
     let left_over = |state: &Value| -> Vec<String> {
         let associated = state["trunkAssociations"]

@@ -2,7 +2,7 @@
 //! lets released branches out of their cooldown, releases branches whose pod is gone, and
 //! keeps WARM_BRANCH_ENI_TARGET warm branches for each group set the node is likely to need.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,6 +19,7 @@ use super::warm::{self, GroupSet, Inputs, Regroup};
 use crate::datastore::{DatastoreError, Key};
 use crate::ec2::Ec2Error;
 use crate::node::Node;
+use crate::sweep::LeakSweep;
 
 /// How often held branches are checked against the pods on the node.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
@@ -61,9 +62,7 @@ pub struct BranchManager {
     last_reconcile: Instant,
     /// Disassociated branches EC2 has not deleted yet.
     strays: Vec<String>,
-    next_sweep: Instant,
-    /// Branch ENIs of this node that the last sweep found on no trunk.
-    leak_suspects: BTreeSet<String>,
+    leaks: LeakSweep,
     failures: u32,
     paused_until: Option<Instant>,
 }
@@ -71,7 +70,7 @@ pub struct BranchManager {
 impl BranchManager {
     pub fn new(node: Arc<Node>, pe: Arc<PodEni>) -> Self {
         let now = Instant::now();
-        let next_sweep = now + node.config.pod_eni.branch_sweep;
+        let leaks = LeakSweep::new(node.config.leak_sweep);
         BranchManager {
             node,
             pe,
@@ -82,8 +81,7 @@ impl BranchManager {
             suspects: BTreeMap::new(),
             last_reconcile: now,
             strays: Vec::new(),
-            next_sweep,
-            leak_suspects: BTreeSet::new(),
+            leaks,
             failures: 0,
             paused_until: None,
         }
@@ -125,8 +123,7 @@ impl BranchManager {
             return;
         }
         self.delete_strays().await;
-        if Instant::now() >= self.next_sweep {
-            self.next_sweep = Instant::now() + self.node.config.pod_eni.branch_sweep;
+        if self.leaks.due() {
             self.sweep_leaks(&trunk).await;
         }
         // A trunk on a type without a known branch limit still serves the branches it has.
@@ -313,10 +310,8 @@ impl BranchManager {
         self.strays = left;
     }
 
-    /// Deletes this node's branch ENIs that are neither in the pool nor on the trunk, once
-    /// two sweeps in a row found them: a creation whose association and clean-up both failed
-    /// leaves one behind. The second sighting, a sweep interval later, keeps a creation that
-    /// is still under way out of it.
+    /// Deletes this node's branch ENIs that are neither in the pool nor on the trunk once two
+    /// sweeps in a row found them (see `sweep`).
     async fn sweep_leaks(&mut self, trunk: &Trunk) {
         let ec2 = &self.pe.ec2;
         let instance = &self.node.identity.instance_id;
@@ -328,30 +323,23 @@ impl BranchManager {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "could not look for leaked branch enis");
+                self.leaks.skipped();
                 return;
             }
         };
         let pool = self.pe.pool();
-        let now: BTreeSet<String> = super::restore::unassociated_branches(&tagged, &associations)
+        let unused = super::restore::unassociated_branches(&tagged, &associations)
             .into_iter()
-            .filter(|id| pool.get(id).is_none())
-            .collect();
-        let mut left = BTreeSet::new();
-        for eni in now {
-            if !self.leak_suspects.contains(&eni) {
-                tracing::info!(eni = %eni, "branch eni on no trunk, deleting it if still so next sweep");
-                left.insert(eni);
-                continue;
-            }
+            .filter(|id| pool.get(id).is_none());
+        for eni in self.leaks.confirm(unused) {
             match ec2.delete_eni(&eni).await {
                 Ok(()) => tracing::warn!(eni = %eni, "leaked branch eni deleted"),
                 Err(e) => {
                     tracing::warn!(eni = %eni, error = %e, "could not delete a leaked branch eni");
-                    left.insert(eni);
+                    self.leaks.retry(eni);
                 }
             }
         }
-        self.leak_suspects = left;
     }
 
     async fn refill(&mut self, trunk: &Trunk) -> Result<(), BranchManagerError> {
