@@ -64,7 +64,8 @@ pub fn run(var: impl Fn(&str) -> Option<String>, mut stdin: impl Read) -> Outcom
 }
 
 fn execute(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
-    // One thread: namespace work happens on dedicated short-lived threads, never here.
+    // One thread: the only namespace work, opening the pod's netlink socket, switches this
+    // thread in and straight back.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -234,6 +234,16 @@ fn running_in_a_namespace_leaves_the_caller_where_it_was() {
 }
 
 #[test]
+fn running_here_switches_this_thread_and_back() {
+    let ns = TestNetns::new("nl-here");
+    let target = Netns::named(&ns.name).unwrap();
+    let before = Netns::current().unwrap();
+    let inside = target.run_here(|| Netns::current().unwrap()).unwrap();
+    assert!(inside.same_as(&target).unwrap());
+    assert!(Netns::current().unwrap().same_as(&before).unwrap());
+}
+
+#[test]
 fn socket_needs_a_runtime() {
     let ns = TestNetns::new("nl-rt");
     let netns = Arc::new(Netns::named(&ns.name).unwrap());

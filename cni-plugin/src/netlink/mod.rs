@@ -107,7 +107,7 @@ impl Netlink {
     /// runtime thread never changes namespace. Must be called inside a tokio runtime.
     pub fn in_netns(netns: Arc<Netns>) -> Result<Netlink, NetlinkError> {
         let socket = netns
-            .run(|| Socket::new(NETLINK_ROUTE))?
+            .run_here(|| Socket::new(NETLINK_ROUTE))?
             .map_err(NetlinkError::Socket)?;
         Netlink::from_socket(socket, Some(netns))
     }

@@ -95,6 +95,14 @@ impl Netns {
         Ok(a.dev() == b.dev() && a.ino() == b.ino())
     }
 
+    /// Runs `f` on the calling thread, switched into this namespace for just that long, and
+    /// returns its value. For short synchronous work such as opening a socket, which stays in
+    /// the namespace it was made in: a fresh thread per call would cost more than the work.
+    pub fn run_here<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
+        let _guard = EnterGuard::enter(self)?;
+        Ok(f())
+    }
+
     /// Runs `f` on a fresh thread that has entered this namespace and returns its value.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
         std::thread::scope(|scope| {
@@ -140,8 +148,7 @@ impl EnterGuard {
 impl Drop for EnterGuard {
     fn drop(&mut self) {
         if let Err(err) = setns(&self.previous, CloneFlags::CLONE_NEWNET) {
-            // The thread is dedicated and ends right after; still, never let it run on in
-            // a namespace it was not meant to be in.
+            // Never let a thread run on in a namespace it was not meant to be in.
             tracing::error!(%err, "cannot switch thread back to its network namespace");
             std::process::abort();
         }
