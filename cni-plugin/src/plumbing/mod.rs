@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::netlink::{MacAddr, NetlinkError, NetnsError};
+use crate::netlink::{NetlinkError, NetnsError};
 
 pub use branch::{setup_branch_pod, Branch, BranchNetwork};
 pub use check::{check_branch_pod, check_pod, Expected, ExpectedBranch};
@@ -64,8 +64,6 @@ pub enum PlumbingError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no free host mac address after {0} tries")]
-    NoFreeMac(usize),
     #[error("{0}")]
     Mismatch(String),
     #[error("{}", join(.0))]
@@ -97,9 +95,4 @@ fn host_net(ip: Ipv4Addr) -> IpNet {
 
 fn gateway() -> IpAddr {
     IpAddr::V4(POD_GATEWAY)
-}
-
-/// Host MACs already in use, so a random one can avoid them.
-fn collides(mac: MacAddr, in_use: &[Option<MacAddr>]) -> bool {
-    in_use.contains(&Some(mac))
 }

@@ -1,12 +1,9 @@
 //! ADD's kernel work for a regular pod, and the veth part every pod shares.
 
 use super::teardown::{teardown_host, HostTeardown, PodAddress};
-use super::{collides, gateway, host_net, sysctl, PlumbingError, PodNetwork, Step};
+use super::{gateway, host_net, sysctl, PlumbingError, PodNetwork, Step};
 use super::{FROM_POD_RULE_PRIORITY, TO_POD_RULE_PRIORITY};
 use crate::netlink::{MacAddr, Netlink, Netns, Route, Rule, VethPair, RT_TABLE_MAIN};
-
-/// Attempts at a host MAC that no node link uses yet.
-const MAC_ATTEMPTS: usize = 10;
 
 /// The MACs of both veth ends, for the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +66,11 @@ pub(super) async fn wire_veth(
     {
         tracing::info!(link = %net.host_veth, "removed leftover host veth");
     }
-    let host_mac = free_mac(host).await?;
+    // An address of our choosing, not the kernel's: udev's MACAddressPolicy=persistent
+    // rewrites kernel-random veth addresses some time after creation, which would
+    // invalidate the pod's permanent neighbour entry. Each veth pair is its own link, so
+    // another link's address does not matter.
+    let host_mac = MacAddr::random_local();
     let pair = VethPair {
         name: &net.host_veth,
         mac: Some(host_mac),
@@ -85,15 +86,6 @@ pub(super) async fn wire_veth(
     let host_index = bring_up(host, &net.host_veth).await?;
     let pod_mac = wire_pod_side(pod, net, host_mac).await?;
     Ok((host_index, Wired { host_mac, pod_mac }))
-}
-
-async fn free_mac(host: &Netlink) -> Result<MacAddr, PlumbingError> {
-    let links = host.links().await.step(|| "list host links".into())?;
-    let in_use: Vec<_> = links.iter().map(|l| l.mac).collect();
-    (0..MAC_ATTEMPTS)
-        .map(|_| MacAddr::random_local())
-        .find(|mac| !collides(*mac, &in_use))
-        .ok_or(PlumbingError::NoFreeMac(MAC_ATTEMPTS))
 }
 
 /// Sysctls first, then up: IPv6 settings must be in place before the link starts
