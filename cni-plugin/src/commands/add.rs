@@ -61,11 +61,11 @@ struct Sides {
 
 pub(super) async fn add(env: &CniEnv, conf: &NetConf) -> Result<Output, Error> {
     let args = PodArgs::parse(&env.args)?;
-    let sides = open_sides(env).await?;
     let context = format!("add pod {}", env.ifname);
-    let mut ipamd = IpamdClient::connect(&conf.ipamd_socket)
-        .await
-        .map_err(ipamd_err(&context))?;
+    // Independent, so they overlap: the kernel answers one while ipamd answers the other.
+    let (sides, ipamd) = tokio::join!(open_sides(env), IpamdClient::connect(&conf.ipamd_socket));
+    let sides = sides?;
+    let mut ipamd = ipamd.map_err(ipamd_err(&context))?;
     let reply = ipamd
         .add_network(add_request(env, conf, &args))
         .await
