@@ -6,6 +6,7 @@
 //!   vpc-bench [ITERATIONS] [PLUGIN_BINARY]
 
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use harness::bench::{summary, time_verb};
@@ -42,24 +43,33 @@ fn main() -> anyhow::Result<()> {
                  "dataDir": data_dir.path().display().to_string()}
     });
 
-    let mut rows = Vec::new();
     let plans = [
-        ("vpc-cni", ours.clone(), node.netns().to_string(), ours_conf),
-        (
+        Plan::new("vpc-cni", ours.clone(), node.netns(), ours_conf)?,
+        Plan::new(
             "ptp+host-local",
             PathBuf::from("/usr/lib/cni/ptp"),
-            baseline_node.name.clone(),
+            &baseline_node.name,
             baseline_conf,
-        ),
+        )?,
     ];
-    for (name, bin, node_ns, conf) in plans {
-        let (adds, dels) = measure(n, &bin, &node_ns, &conf)?;
+    // Round by round, each plugin's ADD and DEL in turn, so a slow spell of the machine
+    // falls on both alike instead of on whichever ran second.
+    let mut samples = vec![(Vec::new(), Vec::new()); plans.len()];
+    for i in 0..n {
+        for (plan, (adds, dels)) in plans.iter().zip(samples.iter_mut()) {
+            let (add, del) = plan.round(i)?;
+            adds.push(add);
+            dels.push(del);
+        }
+    }
+    let mut rows = Vec::new();
+    for (plan, (adds, dels)) in plans.iter().zip(samples) {
         let (add, del) = (summary(adds), summary(dels));
         println!(
-            "{name:<16} ADD median {:6.2} ms p90 {:6.2} ms   DEL median {:6.2} ms p90 {:6.2} ms",
-            add.0, add.1, del.0, del.1
+            "{:<16} ADD median {:6.2} ms p90 {:6.2} ms   DEL median {:6.2} ms p90 {:6.2} ms",
+            plan.name, add.0, add.1, del.0, del.1
         );
-        rows.push((name, add, del));
+        rows.push((plan.name, add, del));
     }
     let (ours_add, base_add) = (rows[0].1 .0, rows[1].1 .0);
     let (ours_del, base_del) = (rows[0].2 .0, rows[1].2 .0);
@@ -76,31 +86,55 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ADD then DEL `n` pods, one process per verb, each pod in a fresh namespace.
-fn measure(
-    n: usize,
-    bin: &std::path::Path,
-    node_ns: &str,
-    conf: &serde_json::Value,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let (bin, node_ns, conf) = (bin.to_path_buf(), node_ns.to_string(), conf.clone());
-    let pods: Vec<Netns> = (0..n)
-        .map(|i| Netns::new(&format!("bp{i}")))
-        .collect::<Result<_, _>>()?;
-    let paths: Vec<String> = pods.iter().map(|p| p.path()).collect();
-    // Spawned from a thread inside the node namespace, so each plugin process starts there
-    // exactly as under a runtime, without `ip netns exec` in the measurement.
-    std::thread::spawn(move || -> anyhow::Result<_> {
-        enter(&node_ns)?;
-        let (mut adds, mut dels) = (Vec::new(), Vec::new());
-        for (i, path) in paths.iter().enumerate() {
-            let id = format!("bench{i:04}");
-            let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i};K8S_POD_INFRA_CONTAINER_ID={id}");
-            adds.push(time_verb(&bin, "ADD", &id, path, &args, &conf)?);
-            dels.push(time_verb(&bin, "DEL", &id, path, &args, &conf)?);
-        }
-        Ok((adds, dels))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+type Timings = anyhow::Result<(Duration, Duration)>;
+
+/// One plugin under test: a thread inside its node namespace that times ADD then DEL of one
+/// pod per request, one process per verb, each pod in a fresh namespace.
+struct Plan {
+    name: &'static str,
+    requests: mpsc::Sender<(usize, mpsc::Sender<Timings>)>,
+}
+
+impl Plan {
+    fn new(
+        name: &'static str,
+        bin: PathBuf,
+        node_ns: &str,
+        conf: serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let node_ns = node_ns.to_string();
+        let (requests, incoming) = mpsc::channel::<(usize, mpsc::Sender<Timings>)>();
+        // The plugin processes start from a thread inside the node namespace, exactly as
+        // under a runtime, without `ip netns exec` in the measurement.
+        std::thread::spawn(move || {
+            if let Err(e) = enter(&node_ns) {
+                for (_, reply) in incoming {
+                    let _ = reply.send(Err(anyhow::anyhow!("enter {node_ns}: {e}")));
+                }
+                return;
+            }
+            for (i, reply) in incoming {
+                let _ = reply.send(time_pod(&bin, &conf, name, i));
+            }
+        });
+        Ok(Plan { name, requests })
+    }
+
+    fn round(&self, i: usize) -> Timings {
+        let (tx, rx) = mpsc::channel();
+        self.requests.send((i, tx))?;
+        rx.recv()?
+    }
+}
+
+fn time_pod(bin: &std::path::Path, conf: &serde_json::Value, name: &str, i: usize) -> Timings {
+    let pod = Netns::new(&format!("b{}{i}", &name[..1]))?;
+    let path = pod.path();
+    let id = format!("bench{i:04}");
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i};K8S_POD_INFRA_CONTAINER_ID={id}"
+    );
+    let add = time_verb(bin, "ADD", &id, &path, &args, conf)?;
+    let del = time_verb(bin, "DEL", &id, &path, &args, conf)?;
+    Ok((add, del))
 }
