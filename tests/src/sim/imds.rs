@@ -146,7 +146,8 @@ fn mac_data(vpc: &Vpc, instance_id: &str, mac: &str, segs: &[&str]) -> Option<No
         ["subnet-id"] => leaf(&eni.subnet_id),
         ["subnet-ipv4-cidr-block"] => leaf(subnet.pool.cidr().to_string()),
         ["vpc-id"] => leaf(&eni.vpc_id),
-        ["vpc-ipv4-cidr-block"] | ["vpc-ipv4-cidr-blocks"] => leaf(vpc.cidr.to_string()),
+        ["vpc-ipv4-cidr-block"] => leaf(vpc.cidr.to_string()),
+        ["vpc-ipv4-cidr-blocks"] => lines(&vpc.cidrs()),
         _ => None,
     }
 }

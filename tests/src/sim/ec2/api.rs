@@ -38,6 +38,7 @@ pub const ACTIONS: &[&str] = &[
     "AssociateTrunkInterface",
     "DescribeTrunkInterfaceAssociations",
     "DisassociateTrunkInterface",
+    "AssociateVpcCidrBlock",
 ];
 
 pub fn dispatch(vpc: &mut Vpc, p: &Params, request_id: &str) -> Result<Reply, Ec2Error> {
@@ -69,6 +70,7 @@ pub fn dispatch(vpc: &mut Vpc, p: &Params, request_id: &str) -> Result<Reply, Ec
             describe_trunk_associations(&mut x, vpc, p).map(|_| false)
         }
         "DisassociateTrunkInterface" => disassociate_trunk(&mut x, vpc, p).map(|_| true),
+        "AssociateVpcCidrBlock" => associate_vpc_cidr(&mut x, vpc, p).map(|_| false),
         other => Err(Ec2Error::new(
             "InvalidAction",
             format!("the action {other} is not valid for this web service"),
@@ -169,6 +171,23 @@ fn describe_subnets(x: &mut Xml, vpc: &Vpc, p: &Params) -> Result<(), Ec2Error> 
     )?;
     x.set("subnetSet", page.items, |x, s| render::subnet(x, vpc, s));
     x.leaf_opt("nextToken", page.next_token);
+    Ok(())
+}
+
+fn associate_vpc_cidr(x: &mut Xml, vpc: &mut Vpc, p: &Params) -> Result<(), Ec2Error> {
+    let vpc_id = p.required("VpcId")?;
+    let raw = p.required("CidrBlock")?;
+    let cidr = raw
+        .parse()
+        .map_err(|_| Ec2Error::new("InvalidVpc.Range", format!("The CIDR '{raw}' is invalid.")))?;
+    let id = vpc.associate_cidr(vpc_id, cidr)?;
+    x.leaf("vpcId", vpc_id);
+    x.nest("cidrBlockAssociation", |x| {
+        x.leaf("associationId", &id).leaf("cidrBlock", cidr);
+        x.nest("cidrBlockState", |x| {
+            x.leaf("state", "associated");
+        });
+    });
     Ok(())
 }
 

@@ -154,6 +154,8 @@ pub struct Vpc {
     pub region: String,
     pub id: String,
     pub cidr: Ipv4Net,
+    /// CIDRs associated after creation (AssociateVpcCidrBlock), by association id.
+    pub secondary_cidrs: Vec<(String, Ipv4Net)>,
     pub tags: Tags,
     pub subnets: BTreeMap<String, Subnet>,
     pub groups: BTreeMap<String, SecurityGroup>,
@@ -188,6 +190,42 @@ pub fn timestamp(t: &DateTime<Utc>) -> String {
 }
 
 impl Vpc {
+    /// The primary CIDR, then the associated ones in association order.
+    pub fn cidrs(&self) -> Vec<Ipv4Net> {
+        let mut all = vec![self.cidr];
+        all.extend(self.secondary_cidrs.iter().map(|(_, c)| *c));
+        all
+    }
+
+    /// AssociateVpcCidrBlock: a block of /16 to /28 that overlaps none of the VPC's.
+    pub fn associate_cidr(&mut self, vpc_id: &str, cidr: Ipv4Net) -> Result<String, Ec2Error> {
+        if vpc_id != self.id {
+            return Err(Ec2Error::new(
+                "InvalidVpcID.NotFound",
+                format!("The vpc ID '{vpc_id}' does not exist"),
+            ));
+        }
+        if !(16..=28).contains(&cidr.prefix_len()) || cidr.trunc() != cidr {
+            return Err(Ec2Error::new(
+                "InvalidVpc.Range",
+                format!("The CIDR '{cidr}' is invalid."),
+            ));
+        }
+        if let Some(taken) = self
+            .cidrs()
+            .into_iter()
+            .find(|c| c.contains(&cidr) || cidr.contains(c))
+        {
+            return Err(Ec2Error::new(
+                "InvalidVpc.Range",
+                format!("The CIDR '{cidr}' conflicts with the VPC's CIDR '{taken}'."),
+            ));
+        }
+        let id = self.ids.resource_id("vpc-cidr-assoc");
+        self.secondary_cidrs.push((id.clone(), cidr));
+        Ok(id)
+    }
+
     /// The VPC as the scenario describes it, each instance running with its primary ENI at
     /// device index 0.
     pub fn from_scenario(scenario: &Scenario) -> Result<Self, Ec2Error> {
@@ -195,6 +233,7 @@ impl Vpc {
             region: scenario.region.clone(),
             id: scenario.vpc.id.clone(),
             cidr: scenario.vpc.cidr,
+            secondary_cidrs: Vec::new(),
             tags: Tags::new(),
             subnets: BTreeMap::new(),
             groups: BTreeMap::new(),

@@ -359,3 +359,38 @@ fn api_renders_what_the_sdk_reads() {
         "InvalidAction"
     );
 }
+
+#[test]
+fn secondary_vpc_cidrs_must_be_new_and_well_formed() {
+    let mut v = vpc();
+    let code = |r: Result<String, super::error::Ec2Error>| r.unwrap_err().code;
+    let id = v
+        .associate_cidr("vpc-1", "10.1.0.0/16".parse().unwrap())
+        .unwrap();
+    assert!(id.starts_with("vpc-cidr-assoc-"), "{id}");
+    assert_eq!(
+        v.cidrs(),
+        [
+            "10.0.0.0/16".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        code(v.associate_cidr("vpc-2", "10.2.0.0/16".parse().unwrap())),
+        "InvalidVpcID.NotFound"
+    );
+    for bad in [
+        "10.0.128.0/20",
+        "10.0.0.0/8",
+        "10.2.0.0/12",
+        "10.2.0.0/29",
+        "10.2.0.1/24",
+    ] {
+        assert_eq!(
+            code(v.associate_cidr("vpc-1", bad.parse().unwrap())),
+            "InvalidVpc.Range",
+            "{bad}"
+        );
+    }
+    assert_eq!(v.cidrs().len(), 2);
+}
