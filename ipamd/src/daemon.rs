@@ -101,6 +101,13 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "connmark and snat rules not installed"),
     }
     let mut tasks = start(node.clone(), ec2, host, stop_rx.clone())?;
+    tasks.spawn(crate::firewall::follow_vpc_cidrs(
+        firewall,
+        node.identity.clone(),
+        node.config.veth_prefix.clone(),
+        Imds::new(node.metrics.clone()),
+        stop_rx.clone(),
+    ));
     // A one-shot job, not a server: it must not count as one that stopped on its own.
     tokio::spawn(crate::install::when_ready(node.clone(), install, stop_rx));
 

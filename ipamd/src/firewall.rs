@@ -23,10 +23,14 @@
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use thiserror::Error;
+use tokio::sync::watch;
 use vpc_cni::netlink::{MacAddr, Netlink, NetlinkError, Rule, RT_TABLE_MAIN};
+
+use crate::imds::{Identity, Imds};
 
 pub const NODE_PORT_SUPPORT: &str = "AWS_VPC_CNI_NODE_PORT_SUPPORT";
 pub const CONNMARK: &str = "AWS_VPC_K8S_CNI_CONNMARK";
@@ -401,6 +405,45 @@ fn replace_chains(config: &FirewallConfig, facts: &NodeFacts) -> Result<Backend,
         Some(&doc),
     )?;
     Ok(backend)
+}
+
+/// How often the VPC's CIDRs are read again from instance metadata: a CIDR associated with
+/// the VPC later must keep pods' addresses too.
+pub const VPC_CIDR_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Re-reads the VPC's CIDRs every [`VPC_CIDR_INTERVAL`] until `stop` turns true, and
+/// replaces the rules when they changed. A failed read or apply is logged and tried again
+/// next time.
+pub async fn follow_vpc_cidrs(
+    config: FirewallConfig,
+    identity: Identity,
+    veth_prefix: String,
+    imds: Imds,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut applied = identity.vpc_cidrs.clone();
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(VPC_CIDR_INTERVAL) => {}
+            _ = stop.changed() => continue,
+        }
+        let cidrs = match imds.vpc_cidrs(&identity.primary_mac).await {
+            Ok(cidrs) if cidrs != applied => cidrs,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the vpc's cidrs");
+                continue;
+            }
+        };
+        let (mac, ip) = (&identity.primary_mac, identity.primary_ip);
+        match apply(&config, mac, ip, &cidrs, &veth_prefix).await {
+            Ok(_) => {
+                tracing::info!(?cidrs, "vpc cidrs changed, snat exemptions updated");
+                applied = cidrs;
+            }
+            Err(e) => tracing::error!(error = %e, ?cidrs, "vpc cidrs changed, rules not updated"),
+        }
+    }
 }
 
 /// Installs the marks, source NAT and rule 1024 in ipamd's own network namespace (the

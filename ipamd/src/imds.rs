@@ -114,10 +114,16 @@ impl Imds {
             primary_ip: self.get_parsed("local-ipv4", "an IPv4 address").await?,
             subnet_id: self.get(&eni("subnet-id")).await?,
             subnet_cidr: self.subnet_cidr(&mac).await?,
-            vpc_cidrs: self.cidr_list(&eni("vpc-ipv4-cidr-blocks")).await?,
+            vpc_cidrs: self.vpc_cidrs(&mac).await?,
             security_groups: lines(&self.get(&eni("security-group-ids")).await?),
             primary_mac: mac,
         })
+    }
+
+    /// Every IPv4 CIDR of the VPC of the ENI with this MAC, the primary first.
+    pub async fn vpc_cidrs(&self, mac: &str) -> Result<Vec<Ipv4Net>, ImdsError> {
+        let path = format!("network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks");
+        self.cidr_list(&path).await
     }
 
     /// The IPv4 CIDR of the subnet of the ENI with this MAC.

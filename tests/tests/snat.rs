@@ -4,9 +4,14 @@
 //! AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS. Needs root (namespaces, iptables); fails without it.
 //! Branch pods of both enforcing modes are covered by the database scenario (sgp_database_uml).
 
-use std::net::IpAddr;
+mod sim_util;
 
-use harness::netns::{require_root, tcp_source, TcpService};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use aws_sdk_ec2::config::retry::RetryConfig;
+use harness::demo::demo_scenario;
+use harness::netns::{exec_in_ok, require_root, tcp_source, TcpService};
 use harness::node::{result_ip, Node, PodNs};
 
 const OUTSIDE_PORT: u16 = 443;
@@ -147,4 +152,53 @@ fn excluded_cidrs_keep_the_pod_address() {
         "{wrong:#?}\nipamd log:\n{}",
         node.ipamd.log_tail(20)
     );
+}
+
+/// A CIDR associated with the VPC after ipamd started keeps pods' addresses too, once ipamd
+/// has read the VPC's CIDRs from instance metadata again (every 30 s, as aws-node does).
+#[test]
+fn a_cidr_associated_later_is_exempted_without_a_restart() {
+    require_root();
+    let node = Node::start(&[]).unwrap();
+    let vpc_id = demo_scenario().unwrap()["vpc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ec2 = sim_util::ec2_client(&node.vpc.info.ec2_endpoint, RetryConfig::standard());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(
+        ec2.associate_vpc_cidr_block()
+            .vpc_id(vpc_id)
+            .cidr_block("10.1.0.0/16")
+            .send(),
+    )
+    .expect("associate a second vpc cidr");
+    let exempt = "-A VPC-CNI-SNAT -d 10.1.0.0/16 -j RETURN";
+    harness::process::wait_for(
+        "ipamd to exempt the new cidr",
+        Duration::from_secs(45),
+        || {
+            let saved = exec_in_ok(node.netns(), &["iptables-nft-save"]).ok()?;
+            saved.contains(exempt).then_some(saved)
+        },
+    )
+    .map(|saved| {
+        assert!(
+            saved.contains("-A VPC-CNI-SNAT -d 10.0.0.0/16 -j RETURN"),
+            "{saved}"
+        );
+        assert!(
+            saved.contains("-A VPC-CNI-EGRESS -d 10.1.0.0/16 -j RETURN"),
+            "{saved}"
+        );
+        assert_eq!(
+            saved.matches("-j VPC-CNI-SNAT").count(),
+            1,
+            "one jump: {saved}"
+        );
+    })
+    .unwrap_or_else(|e| panic!("{e}\nipamd log:\n{}", node.ipamd.log_tail(20)));
 }

@@ -147,7 +147,7 @@ fn mac_data(vpc: &Vpc, instance_id: &str, mac: &str, segs: &[&str]) -> Option<No
         ["subnet-ipv4-cidr-block"] => leaf(subnet.pool.cidr().to_string()),
         ["vpc-id"] => leaf(&eni.vpc_id),
         ["vpc-ipv4-cidr-block"] => leaf(vpc.cidr.to_string()),
-        ["vpc-ipv4-cidr-blocks"] => lines(&vpc.cidrs()),
+        ["vpc-ipv4-cidr-blocks"] => lines(vpc.cidrs()),
         _ => None,
     }
 }
