@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use aws_sdk_ec2::Client;
 use harness::netns::{tcp_reaches, tcp_source, TcpService};
 use serde_json::{json, Value};
-use sim_util::{exec_ok, ping, require_root, scenario, tcp_ok, Sim};
+use sim_util::{exec_ok, ping, require_root, scenario, set_groups, tcp_ok, Sim};
 
 /// The host beyond the VPC in `outside_scenario`.
 const OUTSIDE_HOST: &str = "203.0.113.10";
@@ -295,16 +295,6 @@ fn outside_netns(sim: &Sim) -> String {
         .expect("sim.json names the outside");
     assert_eq!(outside.addresses, [ip(OUTSIDE_HOST)]);
     outside.netns.clone()
-}
-
-async fn set_groups(ec2: &Client, eni: &str, groups: &[&str]) {
-    let mut req = ec2
-        .modify_network_interface_attribute()
-        .network_interface_id(eni);
-    for g in groups {
-        req = req.groups(*g);
-    }
-    req.send().await.expect("modify groups");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use serde_json::{json, Value};
-use sim_util::{code, example, fabric_counter, ping, require_root, tcp_ok, Listener, Sim};
+use sim_util::{
+    code, example, fabric_counter, ping, require_root, set_groups, tcp_ok, Listener, Sim,
+};
 
 const NODE: &str = "i-0c0ffee0000000001";
 const DB: &str = "i-0d0000000000000db";
@@ -362,16 +364,6 @@ fn sgp_with_app() -> Value {
         "securityGroups": ["sg-catalog"], "role": "host", "privateIp": "10.0.1.30"
     }));
     scenario
-}
-
-async fn set_groups(ec2: &Client, eni: &str, groups: &[&str]) {
-    let mut req = ec2
-        .modify_network_interface_attribute()
-        .network_interface_id(eni);
-    for g in groups {
-        req = req.groups(*g);
-    }
-    req.send().await.expect("modify groups");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,17 +124,21 @@ fn pods_leave_the_vpc_with_the_node_address_and_keep_their_own_inside() {
     }
 }
 
-#[test]
-fn external_snat_leaves_the_pod_address_to_the_vpc() {
-    require_root();
-    let node = Node::start(&[("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")]).unwrap();
-    let placed = pods_on_both_kinds_of_eni(&node);
-    let wrong = outside_mismatches(&node, &placed, |p| p.ip);
+fn assert_pods_keep_their_address_outside(node: &Node) {
+    let placed = pods_on_both_kinds_of_eni(node);
+    let wrong = outside_mismatches(node, &placed, |p| p.ip);
     assert!(
         wrong.is_empty(),
         "{wrong:#?}\nipamd log:\n{}",
         node.ipamd.log_tail(20)
     );
+}
+
+#[test]
+fn external_snat_leaves_the_pod_address_to_the_vpc() {
+    require_root();
+    let node = Node::start(&[("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")]).unwrap();
+    assert_pods_keep_their_address_outside(&node);
 }
 
 #[test]
@@ -145,13 +149,7 @@ fn excluded_cidrs_keep_the_pod_address() {
         "192.0.2.0/24, 203.0.113.0/24",
     )])
     .unwrap();
-    let placed = pods_on_both_kinds_of_eni(&node);
-    let wrong = outside_mismatches(&node, &placed, |p| p.ip);
-    assert!(
-        wrong.is_empty(),
-        "{wrong:#?}\nipamd log:\n{}",
-        node.ipamd.log_tail(20)
-    );
+    assert_pods_keep_their_address_outside(&node);
 }
 
 /// A CIDR associated with the VPC after ipamd started keeps pods' addresses too, once ipamd

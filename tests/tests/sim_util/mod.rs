@@ -355,3 +355,14 @@ pub fn tcp_ok(netns: &str, target: &str, timeout_ms: u64) -> bool {
         .expect("run vpc-sim tcp-connect");
     out.status.success()
 }
+
+/// ModifyNetworkInterfaceAttribute: replaces the ENI's security groups.
+pub async fn set_groups(ec2: &aws_sdk_ec2::Client, eni: &str, groups: &[&str]) {
+    let mut req = ec2
+        .modify_network_interface_attribute()
+        .network_interface_id(eni);
+    for g in groups {
+        req = req.groups(*g);
+    }
+    req.send().await.expect("modify groups");
+}
