@@ -102,6 +102,11 @@ fn count(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
 }
 
+/// `saved` has `times` lines containing `needle`.
+fn expect(saved: &str, needle: &str, times: usize) {
+    assert_eq!(count(saved, needle), times, "{needle:?} in\n{saved}");
+}
+
 #[test]
 fn a_fresh_node_gets_snat_and_marks_once_however_often_ipamd_starts() {
     let node = Node::new("fresh");
@@ -113,28 +118,12 @@ fn a_fresh_node_gets_snat_and_marks_once_however_often_ipamd_starts() {
     );
     node.apply(&[]);
     let saved = node.saved(backend);
-    assert_eq!(count(&saved, "-j VPC-CNI-SNAT"), 1, "{saved}");
-    assert_eq!(count(&saved, "-j VPC-CNI-PREROUTING"), 1, "{saved}");
-    assert_eq!(
-        count(&saved, "--to-source 10.0.0.10 --random-fully"),
-        1,
-        "{saved}"
-    );
-    assert_eq!(
-        count(&saved, "-A VPC-CNI-SNAT -d 10.0.0.0/16 -j RETURN"),
-        1,
-        "{saved}"
-    );
-    assert_eq!(
-        count(&saved, "-A VPC-CNI-SNAT -o vlan+ -j RETURN"),
-        1,
-        "{saved}"
-    );
-    assert_eq!(
-        count(&saved, "-A VPC-CNI-PREROUTING -i eth0 "),
-        1,
-        "{saved}"
-    );
+    expect(&saved, "-j VPC-CNI-SNAT", 1);
+    expect(&saved, "-j VPC-CNI-PREROUTING", 1);
+    expect(&saved, "--to-source 10.0.0.10 --random-fully", 1);
+    expect(&saved, "-A VPC-CNI-SNAT -d 10.0.0.0/16 -j RETURN", 1);
+    expect(&saved, "-A VPC-CNI-SNAT -o vlan+ -j RETURN", 1);
+    expect(&saved, "-A VPC-CNI-PREROUTING -i eth0 ", 1);
     assert!(node.has_rule_1024());
     assert!(
         node.saved(Backend::Legacy)
@@ -162,7 +151,7 @@ fn a_node_whose_rules_are_legacy_gets_legacy_rules() {
     ]);
     assert_eq!(node.apply(&[]), Backend::Legacy);
     let saved = node.saved(Backend::Legacy);
-    assert_eq!(count(&saved, "--to-source 10.0.0.10"), 1, "{saved}");
+    expect(&saved, "--to-source 10.0.0.10", 1);
     assert!(
         saved.contains("--dport 9 -j ACCEPT"),
         "another program's rule is kept: {saved}"
@@ -189,8 +178,8 @@ fn external_snat_removes_the_translation_and_a_restart_keeps_other_rules() {
         ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "192.168.0.0/16"),
     ]);
     let saved = node.saved(Backend::Nft);
-    assert_eq!(count(&saved, "-j SNAT"), 0, "{saved}");
-    assert_eq!(count(&saved, "-j VPC-CNI-SNAT"), 0, "{saved}");
+    expect(&saved, "-j SNAT", 0);
+    expect(&saved, "-j VPC-CNI-SNAT", 0);
     assert_eq!(
         count(&saved, "-j MASQUERADE"),
         1,
@@ -208,7 +197,7 @@ fn external_snat_removes_the_translation_and_a_restart_keeps_other_rules() {
         ("AWS_VPC_CNI_NODE_PORT_SUPPORT", "false"),
     ]);
     let saved = node.saved(Backend::Nft);
-    assert_eq!(count(&saved, "-j VPC-CNI-"), 0, "{saved}");
+    expect(&saved, "-j VPC-CNI-", 0);
     assert!(!node.has_rule_1024(), "no mark, no rule 1024");
 
     node.apply(&[
@@ -216,16 +205,8 @@ fn external_snat_removes_the_translation_and_a_restart_keeps_other_rules() {
         ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "none"),
     ]);
     let saved = node.saved(Backend::Nft);
-    assert_eq!(
-        count(&saved, "-A VPC-CNI-SNAT -d 192.168.0.0/16 -j RETURN"),
-        1,
-        "{saved}"
-    );
-    assert_eq!(
-        count(&saved, "-A VPC-CNI-EGRESS -d 192.168.0.0/16 -j RETURN"),
-        1,
-        "{saved}"
-    );
+    expect(&saved, "-A VPC-CNI-SNAT -d 192.168.0.0/16 -j RETURN", 1);
+    expect(&saved, "-A VPC-CNI-EGRESS -d 192.168.0.0/16 -j RETURN", 1);
     assert!(
         saved.contains("--to-source 10.0.0.10\n") || saved.contains("--to-source 10.0.0.10\r"),
         "{saved}"
