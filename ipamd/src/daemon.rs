@@ -90,6 +90,7 @@ pub async fn run(
         &node.config.veth_prefix,
     )
     .await;
+    let installed = applied.is_ok();
     match applied {
         Ok(backend) => tracing::info!(
             ?backend,
@@ -106,6 +107,7 @@ pub async fn run(
         node.identity.clone(),
         node.config.veth_prefix.clone(),
         Imds::new(node.metrics.clone()),
+        installed,
         stop_rx.clone(),
     ));
     // A one-shot job, not a server: it must not count as one that stopped on its own.

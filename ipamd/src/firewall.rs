@@ -102,7 +102,7 @@ impl FirewallConfig {
                 reason: format!("{v:?} is not a non-zero 32-bit mark"),
             })?,
         };
-        let snat_ports = match get(RANDOMIZE_SNAT).as_deref() {
+        let snat_ports = match get(RANDOMIZE_SNAT).as_deref().map(str::trim) {
             None | Some("prng") => SnatPorts::FullyRandom,
             Some("hashrandom") => SnatPorts::Random,
             Some("none") => SnatPorts::Sequential,
@@ -133,10 +133,11 @@ fn bool_var(
     name: &'static str,
     default: bool,
 ) -> Result<bool, FirewallError> {
+    // Go's strconv.ParseBool spellings, which aws-node accepts.
     match get(name).as_deref().map(str::trim) {
         None => Ok(default),
-        Some("true") => Ok(true),
-        Some("false") => Ok(false),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
         Some(other) => Err(FirewallError::Invalid {
             name,
             reason: format!("{other:?} is neither true nor false"),
@@ -159,11 +160,16 @@ fn cidr_list(v: &str) -> Result<Vec<Ipv4Net>, FirewallError> {
         .collect()
 }
 
+/// A mark as aws-node reads it (Go's base-0 integers): 0x or 0X hexadecimal, a leading 0
+/// octal, else decimal.
 fn parse_mark(v: &str) -> Option<u32> {
     let v = v.trim();
-    let n = match v.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-        None => v.parse().ok()?,
+    let n = if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16).ok()?
+    } else if let Some(octal) = v.strip_prefix('0').filter(|o| !o.is_empty()) {
+        u32::from_str_radix(octal, 8).ok()?
+    } else {
+        v.parse().ok()?
     };
     (n != 0).then_some(n)
 }
@@ -283,14 +289,50 @@ fn saved_jumps<'a>(saved: &'a str, table: &str, hook: &str, target: &str) -> Vec
     let mut current = "";
     let mut out = Vec::new();
     let (start, end) = (format!("-A {hook} "), format!("-j {target}"));
+    let ours = format!("--comment {JUMP_COMMENT} ");
     for line in saved.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix('*') {
             current = name;
-        } else if current == table && line.starts_with(&start) && line.ends_with(&end) {
+        } else if current == table
+            && line.starts_with(&start)
+            && line.ends_with(&end)
+            && line.contains(&ours)
+        {
             out.push(line);
         }
     }
     out
+}
+
+/// A document that removes ipamd's jumps and chains from a backend, given its current rules:
+/// for the backend ipamd does not use, where an earlier start may have left them.
+pub fn removal_document(saved: &str) -> String {
+    let mut doc = String::new();
+    for (table, hook, chains) in [
+        ("mangle", "PREROUTING", &[MARK_CHAIN, EGRESS_CHAIN][..]),
+        ("nat", "POSTROUTING", &[SNAT_CHAIN][..]),
+    ] {
+        let present: Vec<&str> = chains
+            .iter()
+            .copied()
+            .filter(|c| saved.lines().any(|l| l.trim() == format!(":{c} - [0:0]")))
+            .collect();
+        if present.is_empty() {
+            continue;
+        }
+        doc += &format!("*{table}\n");
+        for chain in &present {
+            doc += &format!(":{chain} - [0:0]\n");
+        }
+        for old in saved_jumps(saved, table, hook, chains[0]) {
+            doc += &format!("-D{}\n", &old["-A".len()..]);
+        }
+        for chain in &present {
+            doc += &format!("-X {chain}\n");
+        }
+        doc += "COMMIT\n";
+    }
+    doc
 }
 
 /// The whole `iptables-restore --noflush` document for this node, given the backend's
@@ -329,9 +371,13 @@ impl Backend {
     }
 }
 
-/// The number of rules in an iptables-save output.
+/// The number of other programs' rules in an iptables-save output: ipamd's own do not count,
+/// or a backend would keep winning only because ipamd used it before.
 fn rule_count(saved: &str) -> usize {
-    saved.lines().filter(|l| l.starts_with("-A ")).count()
+    saved
+        .lines()
+        .filter(|l| l.starts_with("-A ") && !l.contains("VPC-CNI-"))
+        .count()
 }
 
 /// The backend the node already uses: the one holding more rules (kube-proxy's and the
@@ -373,6 +419,14 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Fire
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn restore(backend: Backend, doc: &str) -> Result<String, FirewallError> {
+    run(
+        &backend.program("restore"),
+        &["-w", "5", "--noflush"],
+        Some(doc),
+    )
+}
+
 /// The current rules of `backend`, or None when it does not work in this kernel.
 fn save(backend: Backend) -> Option<String> {
     match run(&backend.program("save"), &[], None) {
@@ -393,17 +447,18 @@ fn replace_chains(config: &FirewallConfig, facts: &NodeFacts) -> Result<Backend,
             program: "iptables-save".into(),
             reason: "neither iptables-legacy-save nor iptables-nft-save works".into(),
         })?;
-    let saved = match backend {
-        Backend::Legacy => legacy,
-        Backend::Nft => nft,
+    let (saved, other, other_saved) = match backend {
+        Backend::Legacy => (legacy, Backend::Nft, nft),
+        Backend::Nft => (nft, Backend::Legacy, legacy),
+    };
+    let doc = restore_document(config, facts, &saved.unwrap_or_default());
+    restore(backend, &doc)?;
+    // Rules an earlier start left in the other backend would go on marking and translating.
+    let leftover = removal_document(&other_saved.unwrap_or_default());
+    if !leftover.is_empty() {
+        restore(other, &leftover)?;
+        tracing::info!(backend = ?other, "removed rules of an earlier start from the other iptables backend");
     }
-    .unwrap_or_default();
-    let doc = restore_document(config, facts, &saved);
-    run(
-        &backend.program("restore"),
-        &["-w", "5", "--noflush"],
-        Some(&doc),
-    )?;
     Ok(backend)
 }
 
@@ -412,23 +467,24 @@ fn replace_chains(config: &FirewallConfig, facts: &NodeFacts) -> Result<Backend,
 pub const VPC_CIDR_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Re-reads the VPC's CIDRs every [`VPC_CIDR_INTERVAL`] until `stop` turns true, and
-/// replaces the rules when they changed. A failed read or apply is logged and tried again
-/// next time.
+/// replaces the rules when they changed, or when they are not `installed` yet (start-up
+/// failed to install them). A failed read or apply is logged and tried again next time.
 pub async fn follow_vpc_cidrs(
     config: FirewallConfig,
     identity: Identity,
     veth_prefix: String,
     imds: Imds,
+    installed: bool,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut applied = identity.vpc_cidrs.clone();
+    let mut applied = installed.then(|| identity.vpc_cidrs.clone());
     while !*stop.borrow() {
         tokio::select! {
             _ = tokio::time::sleep(VPC_CIDR_INTERVAL) => {}
             _ = stop.changed() => continue,
         }
         let cidrs = match imds.vpc_cidrs(&identity.primary_mac).await {
-            Ok(cidrs) if cidrs != applied => cidrs,
+            Ok(cidrs) if applied.as_ref() != Some(&cidrs) => cidrs,
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the vpc's cidrs");
@@ -438,10 +494,13 @@ pub async fn follow_vpc_cidrs(
         let (mac, ip) = (&identity.primary_mac, identity.primary_ip);
         match apply(&config, mac, ip, &cidrs, &veth_prefix).await {
             Ok(_) => {
-                tracing::info!(?cidrs, "vpc cidrs changed, snat exemptions updated");
-                applied = cidrs;
+                tracing::info!(
+                    ?cidrs,
+                    "connmark and snat rules in place for these vpc cidrs"
+                );
+                applied = Some(cidrs);
             }
-            Err(e) => tracing::error!(error = %e, ?cidrs, "vpc cidrs changed, rules not updated"),
+            Err(e) => tracing::error!(error = %e, ?cidrs, "connmark and snat rules not installed"),
         }
     }
 }
@@ -479,10 +538,17 @@ pub async fn apply(
         fwmask: Some(config.mark),
         ..Rule::default()
     };
+    // Rules at this priority for a mark no longer configured are an earlier start's.
+    for old in nl.rules(false).await? {
+        let stale = old.priority == Some(CONNMARK_RULE_PRIORITY)
+            && old.fwmark.is_some()
+            && (old.fwmark != rule.fwmark || !(config.node_port_support || config.snat()));
+        if stale {
+            nl.delete_rules(&old).await?;
+        }
+    }
     if config.node_port_support || config.snat() {
         nl.add_rule(&rule).await?;
-    } else {
-        nl.delete_rules(&rule).await?;
     }
     Ok(backend)
 }
@@ -533,7 +599,7 @@ mod tests {
             (CONNMARK, "mark"),
             (CONNMARK, "0xZZ"),
             (NODE_PORT_SUPPORT, "yes"),
-            (EXTERNAL_SNAT, "1"),
+            (EXTERNAL_SNAT, "yes"),
             (EXCLUDE_SNAT_CIDRS, "10.1.0.0/16,nonsense"),
             (EXCLUDE_SNAT_CIDRS, "fd00::/8"),
             (RANDOMIZE_SNAT, "random"),
@@ -645,6 +711,59 @@ mod tests {
         assert!(
             !mangle.contains("VPC-CNI-SNAT"),
             "a jump is deleted in its own table"
+        );
+    }
+
+    #[test]
+    fn aws_node_spellings_of_booleans_and_marks_are_accepted() {
+        for (value, want) in [("TRUE", true), (" True ", true), ("1", true), ("F", false)] {
+            let c = config(&[(EXTERNAL_SNAT, value), (NODE_PORT_SUPPORT, value)]).unwrap();
+            assert_eq!(
+                (c.external_snat, c.node_port_support),
+                (want, want),
+                "{value}"
+            );
+        }
+        assert_eq!(config(&[(CONNMARK, "0X80")]).unwrap().mark, 0x80);
+        assert_eq!(config(&[(CONNMARK, "0200")]).unwrap().mark, 0o200);
+        assert!(config(&[(CONNMARK, "09")]).is_err());
+        let c = config(&[(RANDOMIZE_SNAT, " none ")]).unwrap();
+        assert_eq!(c.snat_ports, SnatPorts::Sequential);
+    }
+
+    #[test]
+    fn another_programs_jump_to_our_chain_is_left_alone() {
+        let saved = "*nat\n-A POSTROUTING -s 10.9.0.0/16 -j VPC-CNI-SNAT\n\
+            -A POSTROUTING -m comment --comment vpc-cni -j VPC-CNI-SNAT\nCOMMIT\n";
+        let doc = restore_document(&config(&[]).unwrap(), &facts(), saved);
+        assert!(!doc.contains("-D POSTROUTING -s 10.9.0.0/16"), "{doc}");
+        assert!(doc.contains("-D POSTROUTING -m comment --comment vpc-cni -j VPC-CNI-SNAT"));
+    }
+
+    #[test]
+    fn the_unused_backend_loses_our_chains_and_jumps_only() {
+        let saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:VPC-CNI-PREROUTING - [0:0]\n\
+            :VPC-CNI-EGRESS - [0:0]\n\
+            -A PREROUTING -m comment --comment vpc-cni -j VPC-CNI-PREROUTING\n\
+            -A PREROUTING -j KUBE-MARK\nCOMMIT\n*nat\n:KUBE-SVC - [0:0]\nCOMMIT\n";
+        let doc = removal_document(saved);
+        assert_eq!(
+            doc,
+            "*mangle\n:VPC-CNI-PREROUTING - [0:0]\n:VPC-CNI-EGRESS - [0:0]\n\
+             -D PREROUTING -m comment --comment vpc-cni -j VPC-CNI-PREROUTING\n\
+             -X VPC-CNI-PREROUTING\n-X VPC-CNI-EGRESS\nCOMMIT\n"
+        );
+        assert_eq!(removal_document("*nat\n-A POSTROUTING -j X\nCOMMIT\n"), "");
+    }
+
+    #[test]
+    fn our_own_rules_do_not_decide_the_backend() {
+        let ours = "*nat\n-A POSTROUTING -m comment --comment vpc-cni -j VPC-CNI-SNAT\n\
+            -A VPC-CNI-SNAT -o vlan+ -j RETURN\n-A VPC-CNI-SNAT -j SNAT --to-source 10.0.0.10\nCOMMIT\n";
+        let kube = "*nat\n-A POSTROUTING -j KUBE-POSTROUTING\nCOMMIT\n";
+        assert_eq!(
+            choose_backend(Some(kube), Some(ours)),
+            Some(Backend::Legacy)
         );
     }
 

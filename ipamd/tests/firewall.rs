@@ -213,3 +213,54 @@ fn external_snat_removes_the_translation_and_a_restart_keeps_other_rules() {
     );
     assert!(node.has_rule_1024());
 }
+
+#[test]
+fn switching_backend_removes_what_the_other_one_still_holds() {
+    let node = Node::new("switch");
+    assert_eq!(node.apply(&[]), Backend::Nft);
+    // Another program (kube-proxy, say) turns out to live in the legacy backend.
+    for port in ["1", "2", "3"] {
+        node.exec(&[
+            "iptables-legacy",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+    let backend = node.apply(&[("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")]);
+    assert_eq!(backend, Backend::Legacy);
+    let nft = node.saved(Backend::Nft);
+    assert!(!nft.contains("VPC-CNI-"), "left in nft:\n{nft}");
+    let legacy = node.saved(Backend::Legacy);
+    expect(&legacy, "-j SNAT", 0);
+    expect(&legacy, "--set-xmark 0x80/0x80", 1);
+    // ipamd's own rules, now in legacy, do not decide the next choice.
+    assert_eq!(node.apply(&[]), Backend::Legacy);
+    expect(&node.saved(Backend::Legacy), "-j SNAT", 1);
+}
+
+#[test]
+fn rule_1024_follows_the_configured_mark() {
+    let node = Node::new("marks");
+    let rules = || node.exec(&["ip", "rule", "show", "priority", "1024"]);
+    node.apply(&[("AWS_VPC_K8S_CNI_CONNMARK", "0x100")]);
+    assert_eq!(
+        rules().trim(),
+        "1024:\tfrom all fwmark 0x100/0x100 lookup main"
+    );
+    node.apply(&[]);
+    assert_eq!(
+        rules().trim(),
+        "1024:\tfrom all fwmark 0x80/0x80 lookup main"
+    );
+    node.apply(&[
+        ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
+        ("AWS_VPC_CNI_NODE_PORT_SUPPORT", "false"),
+    ]);
+    assert_eq!(rules().trim(), "", "nothing marks, so no rule");
+}
