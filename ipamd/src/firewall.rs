@@ -253,9 +253,64 @@ fn snat_rules(config: &FirewallConfig, facts: &NodeFacts) -> Vec<String> {
     rules
 }
 
+/// aws-node's rules, which would go on marking and translating beside ipamd's after a switch
+/// of image: its chains (emptied, then deleted) and the rules of the built-in chains that carry
+/// its comments or jump to those chains.
+const AWS_NODE_CHAINS: [&str; 2] = ["AWS-SNAT-CHAIN-", "AWS-CONNMARK-CHAIN-"];
+const AWS_NODE_COMMENTS: [&str; 4] = [
+    "\"AWS SNAT CHAIN\"",
+    "\"AWS, primary ENI\"",
+    "\"AWS, outbound connections\"",
+    "\"AWS, CONNMARK\"",
+];
+
+/// In `table` of `saved`: aws-node's chains, and the deletions of its rules in built-in chains.
+fn aws_node_leftovers(saved: &str, table: &str) -> (Vec<String>, Vec<String>) {
+    let (mut chains, mut deletes) = (Vec::new(), Vec::new());
+    let mut current = "";
+    for line in saved.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('*') {
+            current = name;
+            continue;
+        }
+        if current != table {
+            continue;
+        }
+        let is_aws_chain = |c: &str| AWS_NODE_CHAINS.iter().any(|p| c.starts_with(p));
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or("");
+            if is_aws_chain(name) {
+                chains.push(name.to_string());
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or("");
+            let target = rule.rsplit_once("-j ").map_or("", |(_, t)| t);
+            let tagged = AWS_NODE_COMMENTS.iter().any(|c| rule.contains(c));
+            let built_in = chain.chars().all(|c| c.is_ascii_uppercase());
+            if built_in && (tagged || is_aws_chain(target.split_whitespace().next().unwrap_or("")))
+            {
+                deletes.push(format!("-D {rule}"));
+            }
+        }
+    }
+    (chains, deletes)
+}
+
+/// The lines that remove aws-node's rules from one table section.
+fn aws_node_removal(saved: &str, table: &str) -> (String, String) {
+    let (chains, deletes) = aws_node_leftovers(saved, table);
+    let declare: String = chains.iter().map(|c| format!(":{c} - [0:0]\n")).collect();
+    let mut remove: String = deletes.iter().map(|d| format!("{d}\n")).collect();
+    remove += &chains
+        .iter()
+        .map(|c| format!("-X {c}\n"))
+        .collect::<String>();
+    (declare, remove)
+}
+
 /// One table's part of the restore document: the chains are declared (which empties them
-/// under --noflush), earlier jumps to them are deleted as `saved` lists them, and the jump is
-/// added again when the chain has rules.
+/// under --noflush), earlier jumps to them are deleted as `saved` lists them, aws-node's rules
+/// are removed, and the jump is added again when the chain has rules.
 fn table_section(
     table: &str,
     hook: &str,
@@ -267,10 +322,13 @@ fn table_section(
     for chain in chains {
         doc.push_str(&format!(":{chain} - [0:0]\n"));
     }
+    let (declare, remove) = aws_node_removal(saved, table);
+    doc.push_str(&declare);
     let entry = chains[0];
     for old in saved_jumps(saved, table, hook, entry) {
         doc.push_str(&format!("-D{}\n", &old["-A".len()..]));
     }
+    doc.push_str(&remove);
     if !rules.is_empty() {
         doc.push_str(&format!(
             "-A {hook} -m comment --comment {JUMP_COMMENT} -j {entry}\n"
@@ -304,8 +362,9 @@ fn saved_jumps<'a>(saved: &'a str, table: &str, hook: &str, target: &str) -> Vec
     out
 }
 
-/// A document that removes ipamd's jumps and chains from a backend, given its current rules:
-/// for the backend ipamd does not use, where an earlier start may have left them.
+/// A document that removes ipamd's jumps and chains, and aws-node's, from a backend, given its
+/// current rules: for the backend ipamd does not use, where an earlier start (or aws-node)
+/// may have left them.
 pub fn removal_document(saved: &str) -> String {
     let mut doc = String::new();
     for (table, hook, chains) in [
@@ -317,16 +376,19 @@ pub fn removal_document(saved: &str) -> String {
             .copied()
             .filter(|c| saved.lines().any(|l| l.trim() == format!(":{c} - [0:0]")))
             .collect();
-        if present.is_empty() {
+        let (declare, remove) = aws_node_removal(saved, table);
+        if present.is_empty() && remove.is_empty() {
             continue;
         }
         doc += &format!("*{table}\n");
         for chain in &present {
             doc += &format!(":{chain} - [0:0]\n");
         }
+        doc += &declare;
         for old in saved_jumps(saved, table, hook, chains[0]) {
             doc += &format!("-D{}\n", &old["-A".len()..]);
         }
+        doc += &remove;
         for chain in &present {
             doc += &format!("-X {chain}\n");
         }
@@ -765,6 +827,53 @@ mod tests {
             choose_backend(Some(kube), Some(ours)),
             Some(Backend::Legacy)
         );
+    }
+
+    #[test]
+    fn aws_nodes_rules_are_removed_on_a_switch_of_image() {
+        let saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n\
+            -A PREROUTING -i eth0 -m comment --comment \"AWS, primary ENI\" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark 0x80/0x80\n\
+            -A PREROUTING -i eni+ -m comment --comment \"AWS, primary ENI\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80\n\
+            -A PREROUTING -j KUBE-MARK\nCOMMIT\n\
+            *nat\n:POSTROUTING ACCEPT [0:0]\n:AWS-SNAT-CHAIN-0 - [0:0]\n:AWS-CONNMARK-CHAIN-0 - [0:0]\n\
+            -A PREROUTING -i eni+ -m comment --comment \"AWS, outbound connections\" -j AWS-CONNMARK-CHAIN-0\n\
+            -A POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0\n\
+            -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+            -A AWS-SNAT-CHAIN-0 -d 10.0.0.0/16 -j RETURN\nCOMMIT\n";
+        for doc in [
+            restore_document(&config(&[]).unwrap(), &facts(), saved),
+            removal_document(saved),
+        ] {
+            assert_eq!(
+                doc.matches("-D PREROUTING -i eth0 -m comment --comment \"AWS, primary ENI\"")
+                    .count(),
+                1,
+                "{doc}"
+            );
+            assert_eq!(
+                doc.matches("-D PREROUTING -i eni+ -m comment --comment \"AWS, ")
+                    .count(),
+                2,
+                "{doc}"
+            );
+            assert!(
+                doc.contains(
+                    "-D POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0\n"
+                ),
+                "{doc}"
+            );
+            assert!(
+                doc.contains(":AWS-SNAT-CHAIN-0 - [0:0]\n")
+                    && doc.contains("-X AWS-SNAT-CHAIN-0\n"),
+                "{doc}"
+            );
+            assert!(doc.contains("-X AWS-CONNMARK-CHAIN-0\n"), "{doc}");
+            assert!(!doc.contains("KUBE"), "{doc}");
+            assert!(
+                !doc.contains("-D AWS-SNAT-CHAIN-0"),
+                "a deleted chain's rules go with it: {doc}"
+            );
+        }
     }
 
     #[test]

@@ -264,3 +264,49 @@ fn rule_1024_follows_the_configured_mark() {
     ]);
     assert_eq!(rules().trim(), "", "nothing marks, so no rule");
 }
+
+#[test]
+fn aws_nodes_rules_go_when_ipamd_takes_over() {
+    let node = Node::new("awsnode");
+    let ipt = |args: &[&str]| {
+        let mut full = vec!["iptables-nft"];
+        full.extend_from_slice(args);
+        node.exec(&full);
+    };
+    let comment = |c: &'static str| ["-m", "comment", "--comment", c];
+    ipt(&["-t", "nat", "-N", "AWS-SNAT-CHAIN-0"]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        "AWS-SNAT-CHAIN-0",
+        "-d",
+        "10.0.0.0/16",
+        "-j",
+        "RETURN",
+    ]);
+    let mut jump = vec!["-t", "nat", "-A", "POSTROUTING"];
+    jump.extend(comment("AWS SNAT CHAIN"));
+    jump.extend(["-j", "AWS-SNAT-CHAIN-0"]);
+    ipt(&jump);
+    let mut mark = vec!["-t", "mangle", "-A", "PREROUTING", "-i", "eth0"];
+    mark.extend(comment("AWS, primary ENI"));
+    mark.extend(["-j", "CONNMARK", "--set-xmark", "0x80/0x80"]);
+    ipt(&mark);
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "eth9",
+        "-j",
+        "MASQUERADE",
+    ]);
+
+    node.apply(&[]);
+    let saved = node.saved(Backend::Nft);
+    assert!(!saved.contains("AWS"), "aws-node's rules left:\n{saved}");
+    expect(&saved, "-j MASQUERADE", 1);
+    expect(&saved, "-j VPC-CNI-SNAT", 1);
+}

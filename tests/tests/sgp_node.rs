@@ -755,3 +755,78 @@ async fn a_branch_left_on_no_trunk_is_swept_away() {
         node.ipamd.log_tail(40)
     );
 }
+
+/// A branch created for a pod's ADD is in no pool until its association returns; a sweep in
+/// that time must not take it for leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_under_creation_is_not_swept() {
+    let (api, client) = cluster().await;
+    create_pod(&client, SHOP, "catalog-0", "catalog", true).await;
+    let slow = json!({"action": "AssociateTrunkInterface", "delayMs": 6000});
+    let env = [
+        ("WARM_BRANCH_ENI_TARGET", "0"),
+        ("VPC_CNI_LEAK_SWEEP_SECONDS", "1"),
+    ];
+    let node = start_node_with(&api, "m5.large", &[slow], &env);
+    wait_branches(&node, "the trunk", 60, |d| {
+        (!d["trunk"].is_null()).then_some(())
+    });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SHOP);
+    let uid = pods.get("catalog-0").await.unwrap().uid().unwrap();
+    let reply = add(&node, add_request(SHOP, "catalog-0", "c-catalog-0", &uid));
+    assert!(
+        reply.success,
+        "ADD failed: {}\n{}",
+        reply.failure_reason,
+        node.ipamd.log_tail(30)
+    );
+    let state = sim_state(&node);
+    assert!(
+        sim_eni(&state, &reply.eniid).is_some(),
+        "{} was deleted",
+        reply.eniid
+    );
+    let log = node.ipamd.log_tail(400);
+    assert!(!log.contains("leaked branch"), "{log}");
+}
+
+/// ENIs whose attach failed and whose clean-up failed too (the trunk's, or an address
+/// ENI's, whichever ipamd tried first) are swept; the trunk that did attach stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enis_left_unattached_by_failed_attaches_are_swept() {
+    let (api, _client) = cluster().await;
+    let faults = [
+        json!({"action": "AttachNetworkInterface", "error": "InvalidParameterValue",
+               "message": "attach refused", "times": 2}),
+        json!({"action": "DeleteNetworkInterface", "error": "UnauthorizedOperation",
+               "message": "not authorized to delete", "times": 2}),
+    ];
+    let env = [("VPC_CNI_LEAK_SWEEP_SECONDS", "2")];
+    let node = start_node_with(&api, "m5.large", &faults, &env);
+    let unattached = |state: &Value| -> Vec<Value> {
+        state["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["attachment"].is_null() && e["trunkAssociationId"].is_null())
+            .filter(|e| e["tags"]["node.k8s.amazonaws.com/instance_id"] == INSTANCE)
+            .cloned()
+            .collect()
+    };
+    // Every unattached ENI seen until a leaked trunk is among them.
+    let mut seen: BTreeMap<String, Value> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.values().any(|e| e["interfaceType"] == "trunk") {
+        assert!(Instant::now() < deadline, "no leaked trunk seen: {seen:#?}");
+        for e in unattached(&sim_state(&node)) {
+            seen.insert(e["id"].as_str().unwrap().to_string(), e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(|| async { unattached(&sim_state(&node)).is_empty().then_some(()) }).await;
+    let doc = wait_branches(&node, "the trunk", 30, |d| {
+        (!d["trunk"].is_null()).then(|| d.clone())
+    });
+    let trunk = doc["trunk"]["ID"].as_str().unwrap();
+    assert!(sim_eni(&sim_state(&node), trunk).unwrap()["attachment"].is_object());
+}

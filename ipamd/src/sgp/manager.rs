@@ -19,7 +19,7 @@ use super::warm::{self, GroupSet, Inputs, Regroup};
 use crate::datastore::{DatastoreError, Key};
 use crate::ec2::Ec2Error;
 use crate::node::Node;
-use crate::sweep::LeakSweep;
+use crate::sweep::{self, LeakSweep};
 
 /// How often held branches are checked against the pods on the node.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
@@ -327,13 +327,19 @@ impl BranchManager {
                 return;
             }
         };
+        // Creations first, then the pool: a branch leaves the one only after entering the other.
+        let creating = self.pe.creating();
         let pool = self.pe.pool();
-        let unused = super::restore::unassociated_branches(&tagged, &associations)
+        let branches = super::restore::unassociated_branches(&tagged, &associations)
             .into_iter()
-            .filter(|id| pool.get(id).is_none());
+            .filter(|id| !creating.contains(id) && pool.get(id).is_none());
+        // A trunk whose attach and clean-up failed; the live one is attached. Trunks are made
+        // on this task only, so none is half made now.
+        let trunks = sweep::unattached(&tagged, trunk::TRUNK_DESCRIPTION);
+        let unused = branches.chain(trunks);
         for eni in self.leaks.confirm(unused) {
             match ec2.delete_eni(&eni).await {
-                Ok(()) => tracing::warn!(eni = %eni, "leaked branch eni deleted"),
+                Ok(()) => tracing::warn!(eni = %eni, "leaked branch or trunk eni deleted"),
                 Err(e) => {
                     tracing::warn!(eni = %eni, error = %e, "could not delete a leaked branch eni");
                     self.leaks.retry(eni);
@@ -402,7 +408,9 @@ impl BranchManager {
         match self.pe.create_branch(&self.node, trunk, set, vlan_id).await {
             Ok(branch) => {
                 let eni = branch.eni_id.clone();
-                self.pe.commit(&self.node, |p| p.insert(branch))?;
+                let inserted = self.pe.commit(&self.node, |p| p.insert(branch));
+                self.pe.created(&eni);
+                inserted?;
                 tracing::info!(eni = %eni, vlan_id, groups = %set, "warm branch eni created");
                 Ok(())
             }

@@ -14,7 +14,7 @@
 //! the branch cool down before any pod may have it again; DEL uses only ipamd's own record,
 //! never the pod object, so a pod already deleted or completed still gives its branch back.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -95,6 +95,9 @@ pub struct PodEni {
     pub(crate) ec2: Ec2,
     pub(crate) host: Arc<Host>,
     state: Mutex<State>,
+    /// Branch ENIs created and not yet in the pool (being associated), which the leak sweep
+    /// must not take for leaked.
+    creating: Mutex<BTreeSet<String>>,
     wake: Notify,
     last_take: Mutex<Option<Instant>>,
 }
@@ -149,6 +152,7 @@ impl PodEni {
                 trunk: None,
                 pool: BranchPool::new(limit.count()),
             }),
+            creating: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
             last_take: Mutex::new(None),
         };
@@ -289,6 +293,16 @@ impl PodEni {
     /// A copy of the pool, for introspection and planning.
     pub fn pool(&self) -> BranchPool {
         self.lock().pool.clone()
+    }
+
+    /// Branch ENIs under creation: created in EC2, not yet in the pool.
+    pub fn creating(&self) -> BTreeSet<String> {
+        self.creating.lock().expect("creating lock").clone()
+    }
+
+    /// Ends a branch's creation, once it is in the pool or deleted again.
+    pub fn created(&self, eni_id: &str) {
+        self.creating.lock().expect("creating lock").remove(eni_id);
     }
 
     /// Applies `change` to the pool and writes the checkpoint when the held or cooling
@@ -530,7 +544,9 @@ impl PodEni {
         match self.create_branch(node, trunk, groups, vlan_id).await {
             Ok(mut branch) => {
                 branch.state = super::pool::BranchState::Held(holder.clone());
-                self.commit(node, |p| p.insert(branch.clone()))?;
+                let inserted = self.commit(node, |p| p.insert(branch.clone()));
+                self.created(&branch.eni_id);
+                inserted?;
                 tracing::info!(
                     eni = %branch.eni_id,
                     vlan_id,
@@ -562,6 +578,11 @@ impl PodEni {
             .create_eni(&new)
             .await
             .map_err(CreateError::Create)?;
+        // Until the caller has it in the pool; see `created`.
+        self.creating
+            .lock()
+            .expect("creating lock")
+            .insert(eni.id.clone());
         match self
             .ec2
             .associate_branch(&eni.id, &trunk.eni_id, vlan_id)
@@ -579,6 +600,7 @@ impl PodEni {
             }),
             Err(error) => {
                 let deleted = self.ec2.delete_eni(&eni.id).await;
+                self.created(&eni.id);
                 if let Err(e) = &deleted {
                     tracing::warn!(
                         eni = %eni.id,
