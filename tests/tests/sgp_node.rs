@@ -750,7 +750,7 @@ async fn a_branch_left_on_no_trunk_is_swept_away() {
     assert!(
         node.ipamd
             .log_tail(400)
-            .contains("leaked branch eni deleted"),
+            .contains("leaked branch or trunk eni deleted"),
         "{}",
         node.ipamd.log_tail(40)
     );
