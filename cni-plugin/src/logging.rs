@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cni::netconf::{LogLevel, NetConf};
 
@@ -20,16 +22,12 @@ pub fn init(conf: &NetConf) {
         LogLevel::Error => LevelFilter::ERROR,
     };
     // The configured level is for this plugin's own events; the gRPC stack's debug output
-    // (every HTTP/2 frame) would drown them, so libraries log warnings only.
-    let filter = EnvFilter::default()
-        .add_directive(LevelFilter::WARN.into())
-        .add_directive(
-            format!("vpc_cni={level}")
-                .parse()
-                .expect("static directive"),
-        );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // (every HTTP/2 frame) would drown them, so libraries log warnings only. A plain target
+    // filter: EnvFilter's directive parsing costs more than the rest of a pod's logging.
+    let filter = Targets::new()
+        .with_default(LevelFilter::WARN)
+        .with_target("vpc_cni", level);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_target(false);
     let file = conf
@@ -37,9 +35,10 @@ pub fn init(conf: &NetConf) {
         .as_deref()
         .filter(|p| !is_std_stream(p))
         .and_then(open_log);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match file {
-        Some(file) => builder.with_writer(Mutex::new(file)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        Some(file) => registry.with(fmt.with_writer(Mutex::new(file))).try_init(),
+        None => registry.with(fmt.with_writer(std::io::stderr)).try_init(),
     };
 }
 
