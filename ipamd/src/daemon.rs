@@ -90,6 +90,13 @@ pub async fn run(
         &node.config.veth_prefix,
     )
     .await;
+    if let Some(other) = firewall.mark_clash() {
+        tracing::warn!(
+            mark = firewall.mark,
+            clashes_with = other,
+            "AWS_VPC_K8S_CNI_CONNMARK shares bits with another program's mark"
+        );
+    }
     let installed = applied.is_ok();
     match applied {
         Ok(backend) => tracing::info!(

@@ -126,6 +126,19 @@ impl FirewallConfig {
     pub fn snat(&self) -> bool {
         !self.external_snat
     }
+
+    /// Which well-known packet mark the configured one shares bits with, if any: a shared
+    /// bit makes the other program's packets follow rule 1024, or ours its rules.
+    pub fn mark_clash(&self) -> Option<&'static str> {
+        [
+            (0x4000, "kube-proxy's masquerade mark 0x4000"),
+            (0x8000, "kube-proxy's drop mark 0x8000"),
+            (0x2000, "portmap's masquerade mark 0x2000"),
+        ]
+        .into_iter()
+        .find(|(bits, _)| self.mark & bits != 0)
+        .map(|(_, what)| what)
+    }
 }
 
 fn bool_var(
@@ -791,6 +804,19 @@ mod tests {
         assert!(config(&[(CONNMARK, "09")]).is_err());
         let c = config(&[(RANDOMIZE_SNAT, " none ")]).unwrap();
         assert_eq!(c.snat_ports, SnatPorts::Sequential);
+    }
+
+    #[test]
+    fn marks_sharing_bits_with_kube_proxy_or_portmap_are_named() {
+        assert_eq!(config(&[]).unwrap().mark_clash(), None);
+        let clash = |m: &str| config(&[(CONNMARK, m)]).unwrap().mark_clash();
+        assert_eq!(clash("0x4000"), Some("kube-proxy's masquerade mark 0x4000"));
+        assert_eq!(
+            clash("0xffffffff").map(|w| w.starts_with("kube-proxy")),
+            Some(true)
+        );
+        assert!(clash("0x2080").unwrap().starts_with("portmap"));
+        assert_eq!(clash("0x100"), None);
     }
 
     #[test]
