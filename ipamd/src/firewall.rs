@@ -495,11 +495,14 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Fire
 }
 
 fn restore(backend: Backend, doc: &str) -> Result<String, FirewallError> {
-    run(
-        &backend.program("restore"),
-        &["-w", "5", "--noflush"],
-        Some(doc),
-    )
+    let program = backend.program("restore");
+    // The legacy backend commits table by table: a document that fails in nat would leave
+    // mangle's marks without the translation. A dry run first catches what it can. The nft
+    // backend commits the whole document as one transaction.
+    if backend == Backend::Legacy {
+        run(&program, &["-w", "5", "--noflush", "--test"], Some(doc))?;
+    }
+    run(&program, &["-w", "5", "--noflush"], Some(doc))
 }
 
 /// The current rules of `backend`, or None when it does not work in this kernel.
