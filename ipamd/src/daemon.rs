@@ -16,7 +16,7 @@ use crate::checkpoint::{CheckpointBranch, CheckpointError, JsonFile, Loaded};
 use crate::config::Config;
 use crate::datastore::{Datastore, EniInfo};
 use crate::ec2::{self, Ec2, Ec2Error, EniDescription, InstanceLimits};
-use crate::firewall::FirewallConfig;
+use crate::firewall::{FirewallConfig, NodeFirewall};
 use crate::host::{Host, HostError, LinkWait};
 use crate::imds::{Identity, Imds, ImdsError};
 use crate::install::InstallConfig;
@@ -78,45 +78,15 @@ pub async fn run(
         _ = sigint.recv() => return Ok(()),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Without the marks and the translation, NodePort/hostPort replies of pods on secondary
-    // ENIs and pods' connections out of the VPC break: worth an error in the log, not a node
-    // that cannot run pods at all.
-    let identity = &node.identity;
-    let applied = crate::firewall::apply(
-        &firewall,
-        &identity.primary_mac,
-        identity.primary_ip,
-        &identity.vpc_cidrs,
-        &node.config.veth_prefix,
-    )
-    .await;
-    if let Some(other) = firewall.mark_clash() {
-        tracing::warn!(
-            mark = firewall.mark,
-            clashes_with = other,
-            "AWS_VPC_K8S_CNI_CONNMARK shares bits with another program's mark"
-        );
-    }
-    let installed = applied.is_ok();
-    match applied {
-        Ok(backend) => tracing::info!(
-            ?backend,
-            mark = firewall.mark,
-            snat = firewall.snat(),
-            node_port_support = firewall.node_port_support,
-            "connmark and snat rules in place"
-        ),
-        Err(e) => tracing::error!(error = %e, "connmark and snat rules not installed"),
-    }
-    let mut tasks = start(node.clone(), ec2, host, stop_rx.clone())?;
-    tasks.spawn(crate::firewall::follow_vpc_cidrs(
+    let firewall = NodeFirewall::new(
         firewall,
         node.identity.clone(),
         node.config.veth_prefix.clone(),
-        Imds::new(node.metrics.clone()),
-        installed,
-        stop_rx.clone(),
-    ));
+    );
+    let installed = firewall.install(&node.identity.vpc_cidrs).await;
+    let mut tasks = start(node.clone(), ec2, host, stop_rx.clone())?;
+    let imds = Imds::new(node.metrics.clone());
+    tasks.spawn(firewall.follow_vpc_cidrs(imds, installed, stop_rx.clone()));
     // A one-shot job, not a server: it must not count as one that stopped on its own.
     tokio::spawn(crate::install::when_ready(node.clone(), install, stop_rx));
 

@@ -321,40 +321,6 @@ fn aws_node_removal(saved: &str, table: &str) -> (String, String) {
     (declare, remove)
 }
 
-/// One table's part of the restore document: the chains are declared (which empties them
-/// under --noflush), earlier jumps to them are deleted as `saved` lists them, aws-node's rules
-/// are removed, and the jump is added again when the chain has rules.
-fn table_section(
-    table: &str,
-    hook: &str,
-    chains: &[&str],
-    rules: &[String],
-    saved: &str,
-) -> String {
-    let mut doc = format!("*{table}\n");
-    for chain in chains {
-        doc.push_str(&format!(":{chain} - [0:0]\n"));
-    }
-    let (declare, remove) = aws_node_removal(saved, table);
-    doc.push_str(&declare);
-    let entry = chains[0];
-    for old in saved_jumps(saved, table, hook, entry) {
-        doc.push_str(&format!("-D{}\n", &old["-A".len()..]));
-    }
-    doc.push_str(&remove);
-    if !rules.is_empty() {
-        doc.push_str(&format!(
-            "-A {hook} -m comment --comment {JUMP_COMMENT} -j {entry}\n"
-        ));
-        for rule in rules {
-            doc.push_str(rule);
-            doc.push('\n');
-        }
-    }
-    doc.push_str("COMMIT\n");
-    doc
-}
-
 /// The lines of `saved` (iptables-save output) in `table` that jump from `hook` to `target`.
 fn saved_jumps<'a>(saved: &'a str, table: &str, hook: &str, target: &str) -> Vec<&'a str> {
     let mut current = "";
@@ -375,59 +341,85 @@ fn saved_jumps<'a>(saved: &'a str, table: &str, hook: &str, target: &str) -> Vec
     out
 }
 
+/// ipamd's chains by table, the first of each reached from the built-in `hook`.
+const TABLES: [(&str, &str, &[&str]); 2] = [
+    ("mangle", "PREROUTING", &[MARK_CHAIN, EGRESS_CHAIN]),
+    ("nat", "POSTROUTING", &[SNAT_CHAIN]),
+];
+
+/// What one table's section does with ipamd's chains.
+enum Chains<'a> {
+    /// Empty them and fill them with these rules (none: leave them empty, without a jump).
+    Install(&'a [String]),
+    /// Delete them, in a backend ipamd does not use.
+    Remove,
+}
+
+/// One table's part of a restore document, given `saved` (the backend's current rules):
+/// ipamd's chains are declared, which empties them under --noflush; earlier jumps to them
+/// and aws-node's rules are deleted; then the chains are filled or deleted. Empty when
+/// there is nothing to remove.
+fn table_section(table: &str, hook: &str, chains: &[&str], saved: &str, what: Chains) -> String {
+    let declared: Vec<&str> = match what {
+        Chains::Install(_) => chains.to_vec(),
+        Chains::Remove => chains
+            .iter()
+            .copied()
+            .filter(|c| saved.lines().any(|l| l.trim() == format!(":{c} - [0:0]")))
+            .collect(),
+    };
+    let (aws_declare, aws_remove) = aws_node_removal(saved, table);
+    if matches!(what, Chains::Remove) && declared.is_empty() && aws_remove.is_empty() {
+        return String::new();
+    }
+    let mut doc = format!("*{table}\n");
+    for chain in &declared {
+        doc += &format!(":{chain} - [0:0]\n");
+    }
+    doc += &aws_declare;
+    let entry = chains[0];
+    for old in saved_jumps(saved, table, hook, entry) {
+        doc += &format!("-D{}\n", &old["-A".len()..]);
+    }
+    doc += &aws_remove;
+    match what {
+        Chains::Install(rules) if !rules.is_empty() => {
+            doc += &format!("-A {hook} -m comment --comment {JUMP_COMMENT} -j {entry}\n");
+            for rule in rules {
+                doc += &format!("{rule}\n");
+            }
+        }
+        Chains::Install(_) => {}
+        Chains::Remove => {
+            for chain in &declared {
+                doc += &format!("-X {chain}\n");
+            }
+        }
+    }
+    doc + "COMMIT\n"
+}
+
 /// A document that removes ipamd's jumps and chains, and aws-node's, from a backend, given its
 /// current rules: for the backend ipamd does not use, where an earlier start (or aws-node)
 /// may have left them.
 pub fn removal_document(saved: &str) -> String {
-    let mut doc = String::new();
-    for (table, hook, chains) in [
-        ("mangle", "PREROUTING", &[MARK_CHAIN, EGRESS_CHAIN][..]),
-        ("nat", "POSTROUTING", &[SNAT_CHAIN][..]),
-    ] {
-        let present: Vec<&str> = chains
-            .iter()
-            .copied()
-            .filter(|c| saved.lines().any(|l| l.trim() == format!(":{c} - [0:0]")))
-            .collect();
-        let (declare, remove) = aws_node_removal(saved, table);
-        if present.is_empty() && remove.is_empty() {
-            continue;
-        }
-        doc += &format!("*{table}\n");
-        for chain in &present {
-            doc += &format!(":{chain} - [0:0]\n");
-        }
-        doc += &declare;
-        for old in saved_jumps(saved, table, hook, chains[0]) {
-            doc += &format!("-D{}\n", &old["-A".len()..]);
-        }
-        doc += &remove;
-        for chain in &present {
-            doc += &format!("-X {chain}\n");
-        }
-        doc += "COMMIT\n";
-    }
-    doc
+    TABLES
+        .iter()
+        .map(|(table, hook, chains)| table_section(table, hook, chains, saved, Chains::Remove))
+        .collect()
 }
 
 /// The whole `iptables-restore --noflush` document for this node, given the backend's
 /// current rules.
 pub fn restore_document(config: &FirewallConfig, facts: &NodeFacts, saved: &str) -> String {
-    let mangle = table_section(
-        "mangle",
-        "PREROUTING",
-        &[MARK_CHAIN, EGRESS_CHAIN],
-        &mark_rules(config, facts),
-        saved,
-    );
-    let nat = table_section(
-        "nat",
-        "POSTROUTING",
-        &[SNAT_CHAIN],
-        &snat_rules(config, facts),
-        saved,
-    );
-    mangle + &nat
+    let (marks, snat) = (mark_rules(config, facts), snat_rules(config, facts));
+    TABLES
+        .iter()
+        .zip([&marks, &snat])
+        .map(|((table, hook, chains), rules)| {
+            table_section(table, hook, chains, saved, Chains::Install(rules))
+        })
+        .collect()
 }
 
 /// An iptables backend: the legacy x_tables or the nftables-based one.
@@ -544,41 +536,87 @@ fn replace_chains(config: &FirewallConfig, facts: &NodeFacts) -> Result<Backend,
 /// the VPC later must keep pods' addresses too.
 pub const VPC_CIDR_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Re-reads the VPC's CIDRs every [`VPC_CIDR_INTERVAL`] until `stop` turns true, and
-/// replaces the rules when they changed, or when they are not `installed` yet (start-up
-/// failed to install them). A failed read or apply is logged and tried again next time.
-pub async fn follow_vpc_cidrs(
+/// This node's rules as ipamd keeps them: installed at start-up, and again whenever the
+/// VPC's CIDRs change.
+pub struct NodeFirewall {
     config: FirewallConfig,
     identity: Identity,
     veth_prefix: String,
-    imds: Imds,
-    installed: bool,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut applied = installed.then(|| identity.vpc_cidrs.clone());
-    while !*stop.borrow() {
-        tokio::select! {
-            _ = tokio::time::sleep(VPC_CIDR_INTERVAL) => {}
-            _ = stop.changed() => continue,
+}
+
+impl NodeFirewall {
+    /// Warns once about a mark that clashes with another program's.
+    pub fn new(config: FirewallConfig, identity: Identity, veth_prefix: String) -> Self {
+        if let Some(other) = config.mark_clash() {
+            tracing::warn!(
+                mark = config.mark,
+                clashes_with = other,
+                "AWS_VPC_K8S_CNI_CONNMARK shares bits with another program's mark"
+            );
         }
-        let cidrs = match imds.vpc_cidrs(&identity.primary_mac).await {
-            Ok(cidrs) if applied.as_ref() != Some(&cidrs) => cidrs,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the vpc's cidrs");
-                continue;
-            }
-        };
-        let (mac, ip) = (&identity.primary_mac, identity.primary_ip);
-        match apply(&config, mac, ip, &cidrs, &veth_prefix).await {
-            Ok(_) => {
+        NodeFirewall {
+            config,
+            identity,
+            veth_prefix,
+        }
+    }
+
+    /// Installs the rules for `vpc_cidrs`. A failure is logged, not returned: without the
+    /// marks and the translation, NodePort/hostPort replies of pods on secondary ENIs and
+    /// pods' connections out of the VPC break, which is worth an error in the log, not a
+    /// node that cannot run pods at all.
+    pub async fn install(&self, vpc_cidrs: &[Ipv4Net]) -> bool {
+        let (c, id) = (&self.config, &self.identity);
+        let applied = apply(
+            c,
+            &id.primary_mac,
+            id.primary_ip,
+            vpc_cidrs,
+            &self.veth_prefix,
+        );
+        match applied.await {
+            Ok(backend) => {
                 tracing::info!(
-                    ?cidrs,
-                    "connmark and snat rules in place for these vpc cidrs"
+                    ?backend,
+                    mark = c.mark,
+                    snat = c.snat(),
+                    node_port_support = c.node_port_support,
+                    ?vpc_cidrs,
+                    "connmark and snat rules in place"
                 );
-                applied = Some(cidrs);
+                true
             }
-            Err(e) => tracing::error!(error = %e, ?cidrs, "connmark and snat rules not installed"),
+            Err(e) => {
+                tracing::error!(error = %e, ?vpc_cidrs, "connmark and snat rules not installed");
+                false
+            }
+        }
+    }
+
+    /// Re-reads the VPC's CIDRs every [`VPC_CIDR_INTERVAL`] until `stop` turns true, and
+    /// installs the rules again when the CIDRs changed, or when the rules are not
+    /// `installed` yet (start-up failed to). A failed read is logged and tried again.
+    pub async fn follow_vpc_cidrs(
+        self,
+        imds: Imds,
+        installed: bool,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut applied = installed.then(|| self.identity.vpc_cidrs.clone());
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(VPC_CIDR_INTERVAL) => {}
+                _ = stop.changed() => continue,
+            }
+            match imds.vpc_cidrs(&self.identity.primary_mac).await {
+                Ok(cidrs) if applied.as_ref() != Some(&cidrs) => {
+                    if self.install(&cidrs).await {
+                        applied = Some(cidrs);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read the vpc's cidrs"),
+            }
         }
     }
 }
