@@ -155,15 +155,9 @@ impl Manager {
             }
         };
         let unused = sweep::unattached(&tagged, &ec2::eni_description(instance));
-        for eni in self.leaks.confirm(unused) {
-            match self.ec2.delete_eni(&eni).await {
-                Ok(()) => tracing::warn!(eni = %eni, "leaked eni deleted"),
-                Err(e) => {
-                    tracing::warn!(eni = %eni, error = %e, "could not delete a leaked eni");
-                    self.leaks.retry(eni);
-                }
-            }
-        }
+        self.leaks
+            .delete_confirmed(&self.ec2, unused, "leaked eni")
+            .await;
     }
 
     /// Allocations rebuilt from a host veth have no CNI key a DEL or GC could name; once

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::ec2::EniDescription;
+use crate::ec2::{Ec2, EniDescription};
 
 #[derive(Debug)]
 pub struct LeakSweep {
@@ -49,6 +49,25 @@ impl LeakSweep {
     /// A confirmed ENI whose deletion failed is tried again next sweep.
     pub fn retry(&mut self, eni_id: String) {
         self.suspects.insert(eni_id);
+    }
+
+    /// [`LeakSweep::confirm`], then deletes what it confirmed; a failed deletion is tried
+    /// again next sweep. `what` names the ENIs in the log ("leaked eni").
+    pub async fn delete_confirmed(
+        &mut self,
+        ec2: &Ec2,
+        unused: impl IntoIterator<Item = String>,
+        what: &str,
+    ) {
+        for eni in self.confirm(unused) {
+            match ec2.delete_eni(&eni).await {
+                Ok(()) => tracing::warn!(eni = %eni, "{what} deleted"),
+                Err(e) => {
+                    tracing::warn!(eni = %eni, error = %e, "could not delete a {what}");
+                    self.retry(eni);
+                }
+            }
+        }
     }
 
     /// A sweep that could not look: the next one is an interval away, suspects stay.

@@ -337,15 +337,8 @@ impl BranchManager {
         // on this task only, so none is half made now.
         let trunks = sweep::unattached(&tagged, trunk::TRUNK_DESCRIPTION);
         let unused = branches.chain(trunks);
-        for eni in self.leaks.confirm(unused) {
-            match ec2.delete_eni(&eni).await {
-                Ok(()) => tracing::warn!(eni = %eni, "leaked branch or trunk eni deleted"),
-                Err(e) => {
-                    tracing::warn!(eni = %eni, error = %e, "could not delete a leaked branch eni");
-                    self.leaks.retry(eni);
-                }
-            }
-        }
+        let what = "leaked branch or trunk eni";
+        self.leaks.delete_confirmed(ec2, unused, what).await;
     }
 
     async fn refill(&mut self, trunk: &Trunk) -> Result<(), BranchManagerError> {
