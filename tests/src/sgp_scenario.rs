@@ -164,6 +164,32 @@ pub async fn round(
     if !web_added.ok() {
         bail!("ADD of the web pod failed: {}", web_added.stdout);
     }
+    let vlan = branch_wiring(node, client, &catalog, &added, mode, checks).await?;
+    let pods = Pods {
+        catalog: &catalog_ns,
+        catalog_ip: result_ip(&added).parse()?,
+        web: &web_ns,
+    };
+    on_the_wire(node, mode, &pods, db.primary_ip.parse()?, checks)?;
+
+    for (pod, result) in [(&catalog_pod, &added), (&web_pod, &web_added.json())] {
+        let out = node.cni_prev("DEL", pod, result)?;
+        checks.check(format!("{mode}: DEL {} succeeds", pod.name), out.ok());
+    }
+    drop((catalog_ns, web_ns));
+    nothing_left(node, mode, vlan, checks)
+}
+
+/// The catalog pod's branch: its VLAN id from the result, the annotation, the host side.
+/// Returns the VLAN id.
+async fn branch_wiring(
+    node: &Node,
+    client: &kube::Client,
+    catalog: &Pod,
+    added: &Value,
+    mode: &str,
+    checks: &mut Checks,
+) -> anyhow::Result<u32> {
     let vlan: u32 = added["interfaces"][2]["mac"]
         .as_str()
         .unwrap_or("0")
@@ -173,40 +199,38 @@ pub async fn round(
         format!("{mode}: the catalog pod got a branch ENI (VLAN {vlan})"),
         vlan > 0,
     );
-    let annotation = pod_eni_annotation(client, &catalog).await?;
+    let annotation = pod_eni_annotation(client, catalog).await?;
     checks.check(
         format!("{mode}: the pod carries the pod-eni annotation"),
-        annotation.contains(&result_ip(&added)),
+        annotation.contains(&result_ip(added)),
     );
     host_state(node, mode, vlan, checks)?;
+    Ok(vlan)
+}
 
-    let ok = tcp_reaches(&catalog_ns.ns.name, &db.primary_ip, DB_PORT);
+/// Traffic: the database admits the catalog pod only; then source addresses, probes and
+/// link-local traffic as each mode carries them.
+fn on_the_wire(
+    node: &Node,
+    mode: &str,
+    pods: &Pods,
+    db: Ipv4Addr,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let ok = tcp_reaches(&pods.catalog.ns.name, &db.to_string(), DB_PORT);
     checks.check(
         format!("{mode}: catalog pod reaches the database on {DB_PORT}"),
         ok,
     );
-    let refused = !tcp_reaches(&web_ns.ns.name, &db.primary_ip, DB_PORT);
+    let refused = !tcp_reaches(&pods.web.ns.name, &db.to_string(), DB_PORT);
     checks.check(
         format!("{mode}: pod without the label is refused by the database"),
         refused,
     );
-
-    let pods = Pods {
-        catalog: &catalog_ns,
-        catalog_ip: result_ip(&added).parse()?,
-        web: &web_ns,
-    };
-    let _probed = TcpService::start(&catalog_ns.ns.name, PROBE_PORT)?;
-    source_addresses(node, mode, &pods, db.primary_ip.parse()?, checks)?;
-    probes(node, mode, &pods, checks)?;
-    link_local(node, mode, &pods, checks)?;
-
-    for (pod, result) in [(&catalog_pod, &added), (&web_pod, &web_added.json())] {
-        let out = node.cni_prev("DEL", pod, result)?;
-        checks.check(format!("{mode}: DEL {} succeeds", pod.name), out.ok());
-    }
-    drop((catalog_ns, web_ns));
-    nothing_left(node, mode, vlan, checks)
+    let _probed = TcpService::start(&pods.catalog.ns.name, PROBE_PORT)?;
+    source_addresses(node, mode, pods, db, checks)?;
+    probes(node, mode, pods, checks)?;
+    link_local(node, mode, pods, checks)
 }
 
 /// The round's two pods: the catalog pod on its branch ENI and the web pod on the node's.

@@ -52,8 +52,29 @@ fn main() -> anyhow::Result<()> {
             baseline_conf,
         )?,
     ];
-    // Round by round, each plugin's ADD and DEL in turn, so a slow spell of the machine
-    // falls on both alike instead of on whichever ran second.
+    let rows = measure(&plans, n)?;
+    let (ours_add, base_add) = (rows[0].1 .0, rows[1].1 .0);
+    let (ours_del, base_del) = (rows[0].2 .0, rows[1].2 .0);
+    println!(
+        "vpc-cni / ptp+host-local: ADD {:.2}x, DEL {:.2}x",
+        ours_add / base_add,
+        ours_del / base_del
+    );
+    if ours_add >= base_add / 2.0 {
+        anyhow::bail!(
+            "warm ADD median {ours_add:.2} ms is not under half the baseline's {base_add:.2} ms"
+        );
+    }
+    Ok(())
+}
+
+/// Median and p90 of ADD and of DEL, in milliseconds.
+type Row = (&'static str, (f64, f64), (f64, f64));
+
+/// Times `n` rounds and prints one row per plugin. Round by round, each plugin's ADD and
+/// DEL in turn, so a slow spell of the machine falls on both alike instead of on whichever
+/// ran second.
+fn measure(plans: &[Plan], n: usize) -> anyhow::Result<Vec<Row>> {
     let mut samples = vec![(Vec::new(), Vec::new()); plans.len()];
     for i in 0..n {
         for (plan, (adds, dels)) in plans.iter().zip(samples.iter_mut()) {
@@ -71,19 +92,7 @@ fn main() -> anyhow::Result<()> {
         );
         rows.push((plan.name, add, del));
     }
-    let (ours_add, base_add) = (rows[0].1 .0, rows[1].1 .0);
-    let (ours_del, base_del) = (rows[0].2 .0, rows[1].2 .0);
-    println!(
-        "vpc-cni / ptp+host-local: ADD {:.2}x, DEL {:.2}x",
-        ours_add / base_add,
-        ours_del / base_del
-    );
-    if ours_add >= base_add / 2.0 {
-        anyhow::bail!(
-            "warm ADD median {ours_add:.2} ms is not under half the baseline's {base_add:.2} ms"
-        );
-    }
-    Ok(())
+    Ok(rows)
 }
 
 type Timings = anyhow::Result<(Duration, Duration)>;
