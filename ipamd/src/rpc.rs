@@ -133,17 +133,16 @@ impl Backend {
         }
     }
 
+    fn vpc_cidrs(&self) -> Vec<String> {
+        let cidrs = &self.node.identity.vpc_cidrs;
+        cidrs.iter().map(|c| c.to_string()).collect()
+    }
+
     fn add_reply(&self, a: &Assignment) -> AddNetworkReply {
         AddNetworkReply {
             success: true,
             ip_allocation_metadata: vec![metadata(a)],
-            vp_cv4_cid_rs: self
-                .node
-                .identity
-                .vpc_cidrs
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
+            vp_cv4_cid_rs: self.vpc_cidrs(),
             eniid: a.eni_id.clone(),
             subnet_cidr: a.subnet.to_string(),
             ..Default::default()
@@ -155,13 +154,7 @@ impl Backend {
         AddNetworkReply {
             success: true,
             ip_allocation_metadata: vec![branch_metadata(b)],
-            vp_cv4_cid_rs: self
-                .node
-                .identity
-                .vpc_cidrs
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
+            vp_cv4_cid_rs: self.vpc_cidrs(),
             pod_vlan_id: i32::from(b.vlan_id),
             pod_enimac: b.mac.clone(),
             pod_eni_subnet_gw: crate::host::gateway(&b.subnet).to_string(),
